@@ -1,0 +1,40 @@
+# switchd: `make run` serves on the embedded queue; `make test` runs the full suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STATE := .state
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test lint format bench clean
+
+$(BIN)/switchd: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+$(STATE)/dev-secret:
+	mkdir -p $(STATE)
+	$(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))' > $@
+	chmod 600 $@
+
+run: $(BIN)/switchd $(STATE)/dev-secret
+	SWITCH_JWT_SECRET="$${SWITCH_JWT_SECRET:-$$(cat $(STATE)/dev-secret)}" \
+	SWITCH_DB_NAME="$${SWITCH_DB_NAME:-$(STATE)/switch.db}" \
+	$(BIN)/switchd serve
+
+test: $(BIN)/switchd
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+lint: $(BIN)/switchd
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/switchd
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

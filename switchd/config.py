@@ -1,0 +1,181 @@
+"""Settings read from `SWITCH_*` environment variables, validated all at once."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(Exception):
+    """One or more variables are invalid; `problems` holds one line per variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything switchd reads from its environment."""
+
+    jwt_secret: str
+    db_name: str = "switch.db"
+    faktory_url: str | None = None
+    production_queue: str = "switch"
+    production_queue_namespace: str = "pubsub"
+    consumer_concurrency: int = 10
+    server_host: str = "0.0.0.0"
+    server_port: int = 8080
+    retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    faktory_retry: int = 25
+    delivery_timeout: float = 15.0
+    quick_retries: int = 2
+    quick_retry_max_wait: float = 5.0
+    lease_seconds: float = 0.0  # 0 = derived from the delivery bounds, see effective_lease
+    max_payload_bytes: int = 1_048_576
+    shutdown_grace: float = 30.0
+    log_level: str = "info"
+    log_format: str = "auto"
+
+    @property
+    def effective_lease(self) -> float:
+        """Seconds a local job stays leased: longer than the worst-case delivery."""
+        if self.lease_seconds:
+            return self.lease_seconds
+        return max(60.0, self.worst_case_delivery + 30.0)
+
+    @property
+    def worst_case_delivery(self) -> float:
+        """Longest one delivery (all quick retries included) can take."""
+        attempts = self.quick_retries + 1
+        return attempts * self.delivery_timeout + self.quick_retries * self.quick_retry_max_wait
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("auto", "json", "console")
+FAKTORY_URL = re.compile(r"^tcp(\+tls)?://(:[^@]*@)?[^:/@]+:\d{1,5}/?$")
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError
+    return raw.strip()
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw.strip())
+        if not low <= value <= high:
+            raise ValueError
+        return value
+
+    return parse
+
+
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw.strip())
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ValueError
+        return value
+
+    return parse
+
+
+def _schedule(raw: str) -> tuple[float, ...]:
+    parts = [p for p in raw.replace(" ", "").split(",") if p]
+    values = tuple(_seconds(0, 30 * 86400)(p) for p in parts)
+    if not values:
+        raise ValueError
+    return values
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError
+        return value
+
+    return parse
+
+
+def _faktory_url(raw: str) -> str:
+    if not FAKTORY_URL.match(raw.strip()):
+        raise ValueError
+    return raw.strip()
+
+
+# variable -> (Settings field, parser, expected form shown on error)
+VARIABLES: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "SWITCH_JWT_SECRET": ("jwt_secret", _text, "a non-empty secret (32+ bytes advised)"),
+    "SWITCH_DB_NAME": ("db_name", _text, "a file path"),
+    "FAKTORY_URL": ("faktory_url", _faktory_url, "tcp://[:password@]host:port or tcp+tls://…"),
+    "SWITCH_PRODUCTION_QUEUE": ("production_queue", _text, "a queue name"),
+    "SWITCH_PRODUCTION_QUEUE_NAMESPACE": ("production_queue_namespace", _text, "a jobtype"),
+    "SWITCH_CONSUMER_CONCURRENCY_LEVEL": (
+        "consumer_concurrency",
+        _int_range(0, 10_000),
+        "an integer 0..10000",
+    ),
+    "SWITCH_SERVER_HOST": ("server_host", _text, "an address to listen on"),
+    "SWITCH_SERVER_PORT": ("server_port", _int_range(0, 65535), "an integer 0..65535"),
+    "SWITCH_RETRY_SCHEDULE": (
+        "retry_schedule",
+        _schedule,
+        "comma-separated seconds, e.g. 5,300,1800",
+    ),
+    "SWITCH_FAKTORY_RETRY": ("faktory_retry", _int_range(0, 100), "an integer 0..100"),
+    "SWITCH_DELIVERY_TIMEOUT": ("delivery_timeout", _seconds(0.1, 600), "seconds, 0.1..600"),
+    "SWITCH_QUICK_RETRIES": ("quick_retries", _int_range(0, 10), "an integer 0..10"),
+    "SWITCH_QUICK_RETRY_MAX_WAIT": (
+        "quick_retry_max_wait",
+        _seconds(0, 60),
+        "seconds, 0..60",
+    ),
+    "SWITCH_LEASE_SECONDS": ("lease_seconds", _seconds(1, 86400), "seconds, 1..86400"),
+    "SWITCH_MAX_PAYLOAD_BYTES": (
+        "max_payload_bytes",
+        _int_range(1024, 64 * 1024 * 1024),
+        "bytes, 1024..67108864",
+    ),
+    "SWITCH_SHUTDOWN_GRACE": ("shutdown_grace", _seconds(0, 3600), "seconds, 0..3600"),
+    "SWITCH_LOG_LEVEL": ("log_level", _choice(LOG_LEVELS), "one of " + "|".join(LOG_LEVELS)),
+    "SWITCH_LOG_FORMAT": ("log_format", _choice(LOG_FORMATS), "one of " + "|".join(LOG_FORMATS)),
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Parse every variable; raise ConfigError listing each bad one."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, (field, parse, expected) in VARIABLES.items():
+        raw = env.get(name)
+        if raw is None or (raw == "" and name != "SWITCH_JWT_SECRET"):
+            continue
+        try:
+            values[field] = parse(raw)
+        except (ValueError, TypeError, OverflowError):
+            problems.append(f"{name}={raw!r} is invalid: expected {expected}")
+    values.update(overrides)
+    if "jwt_secret" not in values and not any(p.startswith("SWITCH_JWT_SECRET") for p in problems):
+        problems.append("SWITCH_JWT_SECRET is required: expected a secret (32+ bytes advised)")
+    settings_problems = _cross_checks(values)
+    if problems or settings_problems:
+        raise ConfigError(problems + settings_problems)
+    return Settings(**values)
+
+
+def _cross_checks(values: dict[str, Any]) -> list[str]:
+    lease = values.get("lease_seconds")
+    timeout = values.get("delivery_timeout", Settings.delivery_timeout)
+    if lease and lease <= timeout:
+        return [
+            f"SWITCH_LEASE_SECONDS={lease:g} is invalid: expected more than the delivery timeout"
+        ]
+    return []

@@ -1,0 +1,108 @@
+"""A pool of consumer tasks: take a job, deliver it, settle the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from switchd.delivery import Deliverer, Outcome
+from switchd.models import Job
+from switchd.queue.base import JobQueue
+from switchd.subscribers import Registry, SubscriberStore
+
+log = structlog.get_logger("switchd.consumers")
+SETTLE_RETRY_SECONDS = 1.0
+
+
+class ConsumerPool:
+    """`concurrency` tasks sharing one queue and one deliverer."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        deliverer: Deliverer,
+        registry: Registry,
+        store: SubscriberStore,
+        concurrency: int,
+    ) -> None:
+        self.queue = queue
+        self.deliverer = deliverer
+        self.registry = registry
+        self.store = store
+        self.concurrency = concurrency
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight: dict[asyncio.Task[None], Job] = {}
+        self._stopping = False
+
+    def start(self) -> None:
+        """Start the consumer tasks."""
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"consumer-{i}") for i in range(self.concurrency)
+        ]
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries under way right now."""
+        return len(self._in_flight)
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking jobs; give in-flight deliveries `grace` seconds; release the rest."""
+        self._stopping = True
+        busy = set(self._in_flight)
+        for task in self._tasks:
+            if task not in busy:
+                task.cancel()
+        if busy:
+            _, late = await asyncio.wait(busy, timeout=grace)
+            unfinished = [self._in_flight[t] for t in late if t in self._in_flight]
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+            if unfinished:
+                log.warning("shutdown_unfinished", jobs=len(unfinished))
+        else:
+            unfinished = []
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.queue.release(unfinished)
+
+    async def _run(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        while not self._stopping:
+            job = await self.queue.next()
+            self._in_flight[task] = job
+            try:
+                await self._process(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("consumer_error", event_id=job.event_id, job_id=job.id)
+            finally:
+                self._in_flight.pop(task, None)
+
+    async def _process(self, job: Job) -> None:
+        outcome = await self.deliverer.deliver(job)
+        if outcome.gone and job.subscriber_id:
+            await self._disable(job.subscriber_id)
+        if outcome.kind == "skipped":
+            log.info("job_skipped", event_id=job.event_id, reason=outcome.error)
+        await self._settle(job, outcome)
+
+    async def _settle(self, job: Job, outcome: Outcome) -> None:
+        while True:
+            try:
+                await self.queue.settle(job, outcome)
+                return
+            except Exception as exc:
+                # The lease keeps the job safe; retry until the store answers again.
+                log.warning("settle_failed", event_id=job.event_id, error=str(exc))
+                await asyncio.sleep(SETTLE_RETRY_SECONDS)
+
+    async def _disable(self, subscriber_id: str) -> None:
+        reason = "endpoint answered 410 Gone"
+        with contextlib.suppress(Exception):
+            await self.store.disable(subscriber_id, reason)
+            await self.registry.reload()
+        log.warning("subscriber_disabled", subscriber_id=subscriber_id, reason=reason)

@@ -1,0 +1,217 @@
+"""The SQLite database: schema, connections, and group-committed writes.
+
+One connection writes (all writes of this process are serialised by an asyncio lock, in
+`BEGIN IMMEDIATE` transactions), another reads. SQLite work runs on aiosqlite's threads,
+never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiosqlite
+
+BUSY_TIMEOUT_MS = 5000
+Statement = tuple[str, Sequence[Any]]
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE subscribers (
+        id TEXT PRIMARY KEY,
+        topic TEXT NOT NULL,
+        target_url TEXT NOT NULL,
+        filter_expression TEXT NOT NULL DEFAULT 'True',
+        enabled INTEGER NOT NULL DEFAULT 1,
+        disabled_reason TEXT,
+        secret TEXT,
+        description TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX subscribers_topic ON subscribers(topic);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta VALUES ('subscribers_version', 0);
+    CREATE TRIGGER subscribers_ins AFTER INSERT ON subscribers BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'subscribers_version'; END;
+    CREATE TRIGGER subscribers_upd AFTER UPDATE ON subscribers BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'subscribers_version'; END;
+    CREATE TRIGGER subscribers_del AFTER DELETE ON subscribers BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'subscribers_version'; END;
+    CREATE TABLE events (
+        id TEXT PRIMARY KEY,
+        topic TEXT NOT NULL,
+        author TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        payload BLOB NOT NULL
+    );
+    CREATE INDEX events_received ON events(received_at);
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        subscriber_id TEXT,
+        topic TEXT NOT NULL,
+        author TEXT NOT NULL,
+        target_url TEXT NOT NULL,
+        filter_expression TEXT NOT NULL,
+        run_at REAL NOT NULL,
+        lease INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        rounds INTEGER NOT NULL DEFAULT 0,
+        first_attempt_at REAL,
+        last_status INTEGER,
+        last_error TEXT
+    );
+    CREATE INDEX jobs_run_at ON jobs(run_at);
+    CREATE INDEX jobs_event ON jobs(event_id);
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        subscriber_id TEXT,
+        topic TEXT NOT NULL,
+        author TEXT NOT NULL,
+        target_url TEXT NOT NULL,
+        filter_expression TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_status INTEGER,
+        last_error TEXT,
+        first_attempt_at REAL,
+        last_attempt_at REAL,
+        dead_at REAL NOT NULL,
+        replayed_at REAL
+    );
+    CREATE INDEX dead_event ON dead_letters(event_id);
+    CREATE INDEX dead_subscriber ON dead_letters(subscriber_id);
+    CREATE INDEX dead_topic ON dead_letters(topic);
+    """,
+]
+
+
+class Database:
+    """Connections to one SQLite file, with group commit for writes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._pending: list[tuple[list[Statement], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        """Open both connections (WAL, full sync) and apply pending migrations."""
+        self._writer = await _connect(self.path)
+        await self._writer.execute("PRAGMA journal_mode=WAL")
+        await self._migrate(self._writer)
+        self._reader = await _connect(self.path)
+
+    async def close(self) -> None:
+        """Finish queued writes, then close the connections."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction of its own (BEGIN IMMEDIATE … COMMIT, rollback on error)."""
+        writer = self._require(self._writer)
+        async with self._lock:
+            await writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield writer
+            except BaseException:
+                await writer.execute("ROLLBACK")
+                raise
+            await writer.execute("COMMIT")
+
+    async def write(self, statements: list[Statement]) -> None:
+        """Run statements durably; concurrent callers share one transaction and one fsync.
+
+        Statements of one batch may be reordered (grouped by SQL text), so callers must
+        only submit statements whose effect does not depend on each other's order.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((statements, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await asyncio.shield(future)
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                async with self.transaction() as conn:
+                    for sql, rows in _grouped(s for statements, _ in batch for s in statements):
+                        await conn.executemany(sql, rows)
+            except Exception as exc:
+                _settle(batch, exc)
+            else:
+                _settle(batch, None)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        """Read committed rows on the reader connection."""
+        return list(await self._require(self._reader).execute_fetchall(sql, params))
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
+        """The first row of a read, or None."""
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    @staticmethod
+    def _require(conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
+        if conn is None:
+            raise RuntimeError("database is not open")
+        return conn
+
+    @staticmethod
+    async def _migrate(conn: aiosqlite.Connection) -> None:
+        for number, script in enumerate(MIGRATIONS, start=1):
+            if await _user_version(conn) >= number:
+                continue
+            try:
+                await conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number};\nCOMMIT;"
+                )
+            except sqlite3.OperationalError:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                if await _user_version(conn) < number:  # not a concurrent migration
+                    raise
+
+
+async def _user_version(conn: aiosqlite.Connection) -> int:
+    row = await (await conn.execute("PRAGMA user_version")).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _connect(path: str) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = aiosqlite.Row
+    await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    await conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def _grouped(statements: Iterable[Statement]) -> list[tuple[str, list[Sequence[Any]]]]:
+    groups: dict[str, list[Sequence[Any]]] = {}
+    for sql, params in statements:
+        groups.setdefault(sql, []).append(params)
+    return list(groups.items())
+
+
+def _settle(
+    batch: list[tuple[list[Statement], asyncio.Future[None]]], exc: Exception | None
+) -> None:
+    for _, future in batch:
+        if future.done():
+            continue
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)

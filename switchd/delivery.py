@@ -1,0 +1,285 @@
+"""Turning a job into an HTTP request, sending it, and classifying the result.
+
+The deliverer does not know which queue a job came from: it returns an Outcome and the
+queue decides what that means (ack, durable retry, dead letter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+import structlog
+import tenacity
+from yarl import URL
+
+from switchd import __version__
+from switchd.config import Settings
+from switchd.models import Job
+from switchd.payload import CONTROL_CHARS, HEADER_NAME, HTTP_METHODS, scalar_text
+from switchd.subscribers import SECRET_PREFIX, Registry
+
+log = structlog.get_logger("switchd.delivery")
+
+TRANSIENT_STATUSES = frozenset({408, 425, 429})
+DROPPED_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+MAX_ERROR_BODY = 512
+USER_AGENT = f"switchd/{__version__}"
+Kind = Literal["delivered", "transient", "permanent", "skipped"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one delivery (all its quick retries included)."""
+
+    kind: Kind
+    status: int | None = None
+    error: str | None = None
+    requests: int = 0
+    retry_after: float | None = None
+    finished_at: float = 0.0
+
+    @property
+    def gone(self) -> bool:
+        """410: the endpoint asks never to be called again."""
+        return self.status == 410
+
+
+@dataclass(frozen=True)
+class Request:
+    """An HTTP request ready to send."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None
+
+
+def build_request(job: Job, target_url: str, secret: str | None, now: int) -> Request:
+    """The request a job describes: method, URL with params, filtered headers, JSON body."""
+    payload = job.payload
+    method = str(payload.get("http_method") or "POST").upper()
+    if method not in HTTP_METHODS:
+        method = "POST"
+    url = build_url(
+        target_url, _dict(payload.get("path_params")), _dict(payload.get("query_params"))
+    )
+    body = None if payload.get("body") is None else orjson.dumps(payload["body"])
+    headers = _caller_headers(_dict(payload.get("headers")))
+    if body is not None and not any(name.lower() == "content-type" for name in headers):
+        headers["Content-Type"] = "application/json"
+    headers.update(
+        {
+            "User-Agent": USER_AGENT,
+            "X-Switch-Topic": _header_safe(job.topic),
+            "X-Switch-Event-Id": job.event_id,
+            "X-Switch-Author": _header_safe(job.author),
+            "webhook-id": job.event_id,
+            "webhook-timestamp": str(now),
+        }
+    )
+    if secret:
+        headers["webhook-signature"] = sign(secret, job.event_id, now, body or b"")
+    return Request(method=method, url=url, headers=headers, body=body)
+
+
+def build_url(target_url: str, path_params: dict[str, Any], query_params: dict[str, Any]) -> str:
+    """Replace `:name` path segments with quoted values and append query parameters."""
+    parts = urlsplit(target_url)
+    segments = [
+        _path_value(path_params[s[1:]]) if s.startswith(":") and s[1:] in path_params else s
+        for s in parts.path.split("/")
+    ]
+    pairs: list[tuple[str, str]] = []
+    for key, value in query_params.items():
+        values = value if isinstance(value, list) else [value]
+        pairs.extend((str(key), scalar_text(v)) for v in values)
+    query = "&".join(q for q in (parts.query, urlencode(pairs)) if q)
+    return urlunsplit((parts.scheme, parts.netloc, "/".join(segments), query, parts.fragment))
+
+
+def _path_value(value: Any) -> str:
+    text = quote(scalar_text(value), safe="")
+    # "." and ".." would be resolved as relative segments; encode them so they stay data.
+    return text.replace(".", "%2E") if set(text) <= {"."} else text
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _header_safe(value: str) -> str:
+    return CONTROL_CHARS.sub(" ", value)
+
+
+def _caller_headers(headers: dict[str, Any]) -> dict[str, str]:
+    """Headers from the payload, minus hop-by-hop ones and anything not safe to send."""
+    clean: dict[str, str] = {}
+    for name, value in headers.items():
+        text = scalar_text(value)
+        if name.lower() in DROPPED_HEADERS or not HEADER_NAME.match(str(name)):
+            continue
+        if CONTROL_CHARS.search(text.replace("\t", " ")):
+            continue
+        clean[str(name)] = text
+    return clean
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """Standard Webhooks signature: `v1,` + base64 HMAC-SHA256 of `id.timestamp.body`."""
+    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def classify(status: int) -> Kind:
+    """2xx delivered; 408/425/429/5xx transient; everything else (3xx, 4xx) permanent."""
+    if 200 <= status < 300:
+        return "delivered"
+    if status in TRANSIENT_STATUSES or status >= 500:
+        return "transient"
+    return "permanent"
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class Deliverer:
+    """Sends jobs over one shared client session, with quick in-process retries."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: Settings, registry: Registry):
+        self.session = session
+        self.settings = settings
+        self.registry = registry
+        self.timeout = aiohttp.ClientTimeout(total=settings.delivery_timeout)
+
+    async def deliver(self, job: Job) -> Outcome:
+        """Deliver a job, retrying transient failures quickly a few times."""
+        target_url, secret = job.target_url, None
+        if job.subscriber_id is not None:
+            subscriber = self.registry.get(job.subscriber_id)
+            if subscriber is None:
+                return Outcome("skipped", error="subscriber was deleted", finished_at=time.time())
+            if not subscriber.enabled:
+                return Outcome("permanent", error="subscriber is disabled", finished_at=time.time())
+            target_url, secret = subscriber.target_url, subscriber.secret
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self.settings.quick_retries + 1)
+            | tenacity.stop_any(self._wait_too_long),
+            wait=self._wait,
+            retry=tenacity.retry_if_result(lambda outcome: outcome.kind == "transient"),
+            retry_error_callback=lambda state: state.outcome.result(),
+            sleep=asyncio.sleep,
+        )
+        requests = 0
+
+        async def attempt() -> Outcome:
+            nonlocal requests
+            requests += 1
+            return await self._attempt(job, target_url, secret, job.attempts + requests)
+
+        outcome: Outcome = await retrying(attempt)
+        return Outcome(
+            outcome.kind,
+            outcome.status,
+            outcome.error,
+            requests,
+            outcome.retry_after,
+            time.time(),
+        )
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        outcome: Outcome = state.outcome.result()  # type: ignore[union-attr]
+        backoff = min(0.2 * 2 ** (state.attempt_number - 1), self.settings.quick_retry_max_wait)
+        return outcome.retry_after if outcome.retry_after is not None else backoff
+
+    def _wait_too_long(self, state: tenacity.RetryCallState) -> bool:
+        outcome: Outcome = state.outcome.result()  # type: ignore[union-attr]
+        return (outcome.retry_after or 0) > self.settings.quick_retry_max_wait
+
+    async def _attempt(self, job: Job, target_url: str, secret: str | None, number: int) -> Outcome:
+        started = time.time()
+        status: int | None = None
+        retry_after: float | None = None
+        try:
+            request = build_request(job, target_url, secret, int(started))
+            status, retry_after, detail = await self._send(request)
+            kind = classify(status)
+            error = None if kind == "delivered" else f"HTTP {status}{detail}"
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            kind, error = "transient", _describe(exc)
+        except ValueError as exc:  # a URL or header the client refuses: retrying won't help
+            kind, error = "permanent", f"invalid request: {exc}"
+        duration = time.time() - started
+        log.info(
+            "delivery_attempt",
+            event_id=job.event_id,
+            subscriber_id=job.subscriber_id,
+            topic=job.topic,
+            attempt=number,
+            status=status,
+            outcome=kind,
+            duration_ms=round(duration * 1000, 1),
+            error=error,
+        )
+        return Outcome(kind, status, error, 1, retry_after)
+
+    async def _send(self, request: Request) -> tuple[int, float | None, str]:
+        async with self.session.request(
+            request.method,
+            URL(request.url, encoded=True),
+            headers=request.headers,
+            data=request.body,
+            timeout=self.timeout,
+            allow_redirects=False,
+        ) as response:
+            excerpt = await response.content.read(MAX_ERROR_BODY)
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            detail = "" if response.status < 300 else _excerpt(excerpt)
+            return response.status, retry_after, detail
+
+
+def _excerpt(body: bytes) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    return f": {text[:200]}" if text else ""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timeout"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

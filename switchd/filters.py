@@ -1,0 +1,231 @@
+"""Subscriber filters: Python-like boolean expressions over `data`, run by simpleeval.
+
+An expression is parsed and checked once (length, node count, depth, allowed syntax and
+names) and then evaluated many times. Evaluation never raises: an error means "no match".
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import simpleeval
+
+MAX_EXPRESSION_LENGTH = 4096
+MAX_NODES = 300
+MAX_DEPTH = 40
+MAX_INT_BITS = 4096
+MAX_SEQUENCE_LENGTH = 100_000
+MATCH_ALL = ("", "true")
+
+ALLOWED_NODES: tuple[type[ast.AST], ...] = (
+    ast.Expression,
+    ast.BoolOp,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Compare,
+    ast.IfExp,
+    ast.Call,
+    ast.Subscript,
+    ast.Attribute,
+    ast.Name,
+    ast.Constant,
+    ast.List,
+    ast.Tuple,
+    ast.Set,
+    ast.Dict,
+    ast.Slice,
+    ast.Load,
+    ast.keyword,
+    ast.boolop,
+    ast.operator,
+    ast.unaryop,
+    ast.cmpop,
+)
+
+_READ_ONLY_STR = {
+    "capitalize", "casefold", "count", "endswith", "find", "index", "isalnum", "isalpha",
+    "isascii", "isdecimal", "isdigit", "islower", "isnumeric", "isspace", "istitle",
+    "isupper", "lower", "lstrip", "partition", "removeprefix", "removesuffix", "rfind",
+    "rindex", "rpartition", "rsplit", "rstrip", "split", "splitlines", "startswith",
+    "strip", "swapcase", "title", "upper",
+}  # fmt: skip
+# Read-only attributes only: a filter must never change the payload other filters see.
+ALLOWED_ATTRS: dict[Any, set[str]] = {
+    str: _READ_ONLY_STR,
+    dict: {"get", "keys", "values", "items"},
+    list: {"count", "index"},
+    tuple: {"count", "index"},
+    int: {"real", "imag"},
+    float: {"real", "imag", "is_integer"},
+    bool: set(),
+    type(None): set(),
+}
+
+
+class FilterError(ValueError):
+    """The expression cannot be used as a filter; the message says why."""
+
+
+def _bounded_int(value: Any) -> Any:
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise simpleeval.NumberTooHigh("integer result too large")
+    return value
+
+
+def _bounded_len(value: Any) -> Any:
+    if isinstance(value, str | list | tuple) and len(value) > MAX_SEQUENCE_LENGTH:
+        raise simpleeval.IterableTooLong("result too long")
+    return value
+
+
+def _checked(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def run(a: Any, b: Any) -> Any:
+        _precheck(op, a, b)
+        return _bounded_len(_bounded_int(op(a, b)))
+
+    return run
+
+
+def _precheck(op: Callable[[Any, Any], Any], a: Any, b: Any) -> None:
+    """Refuse operations whose result would be too large before computing them."""
+    ints = isinstance(a, int) and isinstance(b, int)
+    if op is operator.pow and ints and b > 0 and max(a.bit_length(), 1) * b > MAX_INT_BITS:
+        raise simpleeval.NumberTooHigh("power too large")
+    if op is operator.mul and ints and a.bit_length() + b.bit_length() > MAX_INT_BITS:
+        raise simpleeval.NumberTooHigh("product too large")
+    if op is operator.mul and _repeat_length(a, b) > MAX_SEQUENCE_LENGTH:
+        raise simpleeval.IterableTooLong("repetition too long")
+    if op is operator.lshift and isinstance(b, int) and b > MAX_INT_BITS:
+        raise simpleeval.NumberTooHigh("shift too large")
+
+
+def _repeat_length(a: Any, b: Any) -> int:
+    for seq, times in ((a, b), (b, a)):
+        if isinstance(seq, str | list | tuple) and isinstance(times, int):
+            return len(seq) * times
+    return 0
+
+
+OPERATORS = dict(simpleeval.DEFAULT_OPERATORS)
+OPERATORS.update(
+    {
+        ast.Pow: _checked(operator.pow),
+        ast.Mult: _checked(operator.mul),
+        ast.Add: _checked(operator.add),
+        ast.LShift: _checked(operator.lshift),
+    }
+)
+
+HELPERS: dict[str, Callable[..., Any]] = {
+    "len": len,
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "abs": abs,
+    "min": min,
+    "max": max,
+    "any": any,
+    "all": all,
+    "round": round,
+}
+NAMES = ("data", "True", "False", "None")
+
+
+class _Evaluator(simpleeval.EvalWithCompoundTypes):
+    """simpleeval with switchd's operators, helpers and attribute allow-list."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            operators=OPERATORS, functions=HELPERS, names={}, allowed_attrs=ALLOWED_ATTRS
+        )
+
+    def _check_disallowed_items(self, item: Any) -> None:
+        # Values here are JSON data, literals and the HELPERS above: none is a module or a
+        # forbidden function, and walking every container on each node costs O(payload).
+        return
+
+
+@dataclass
+class CompiledFilter:
+    """A checked expression ready for repeated evaluation."""
+
+    source: str
+    tree: ast.expr | None  # None: matches everything
+    errors: int = 0
+    _evaluator: _Evaluator = field(default_factory=_Evaluator, repr=False)
+
+    def matches(self, data: dict[str, Any]) -> bool:
+        """True when the expression is truthy for `data`; any error counts as no match."""
+        try:
+            return self._evaluate(self._evaluator, data)
+        except Exception:
+            self.errors += 1
+            return False
+
+    def explain(self, data: dict[str, Any]) -> tuple[bool, str | None]:
+        """Evaluate and also return the error message, if any (for tools, not the hot path)."""
+        try:
+            return self._evaluate(_Evaluator(), data), None
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+
+    def _evaluate(self, evaluator: _Evaluator, data: dict[str, Any]) -> bool:
+        if self.tree is None:
+            return True
+        evaluator.names = {"data": data, "True": True, "False": False, "None": None}
+        try:
+            return bool(evaluator.eval(self.source, previously_parsed=self.tree))
+        finally:
+            evaluator.names = {}
+
+
+def compile_filter(expression: str | None) -> CompiledFilter:
+    """Parse and check an expression; raise FilterError naming the problem."""
+    source = (expression or "").strip()
+    if source.lower() in MATCH_ALL:
+        return CompiledFilter(source=source or "True", tree=None)
+    if len(source) > MAX_EXPRESSION_LENGTH:
+        raise FilterError(f"expression longer than {MAX_EXPRESSION_LENGTH} characters")
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError as exc:
+        raise FilterError(f"syntax error: {exc.msg} (column {exc.offset})") from exc
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise FilterError("expression cannot be parsed") from exc
+    _check_tree(tree)
+    return CompiledFilter(source=source, tree=tree.body)
+
+
+def _check_tree(tree: ast.Expression) -> None:
+    count = 0
+    stack: list[tuple[ast.AST, int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise FilterError(f"expression has more than {MAX_NODES} parts")
+        if depth > MAX_DEPTH:
+            raise FilterError(f"expression nested deeper than {MAX_DEPTH} levels")
+        _check_node(node)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+
+
+def _check_node(node: ast.AST) -> None:
+    if not isinstance(node, ALLOWED_NODES):
+        raise FilterError(f"{type(node).__name__} is not allowed in a filter")
+    if isinstance(node, ast.Name) and node.id not in NAMES and node.id not in HELPERS:
+        raise FilterError(f"unknown name {node.id!r}: only 'data' and helpers are available")
+    if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+        raise FilterError(f"attribute {node.attr!r} is not allowed")
+    if isinstance(node, ast.Call):
+        if not isinstance(node.func, ast.Name | ast.Attribute):
+            raise FilterError("only helper functions and methods may be called")
+        if any(k.arg is None for k in node.keywords):
+            raise FilterError("argument unpacking is not allowed")
+    if isinstance(node, ast.Constant) and isinstance(node.value, bytes):
+        raise FilterError("bytes literals are not allowed")

@@ -1,0 +1,116 @@
+"""Decoding and validating `/publish` bodies (seed base64 form and native JSON form)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+import orjson
+
+from switchd.errors import InvalidInput
+
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+MAX_TOPIC_LENGTH = 255
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+Scalar = str | int | float | bool | None
+
+
+def parse_publish(raw: bytes) -> tuple[str, dict[str, Any]]:
+    """Return (topic, payload) from a request body, or raise InvalidInput."""
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}", "invalid_json") from exc
+    if not isinstance(document, dict):
+        raise InvalidInput("body must be a JSON object", "invalid_json")
+    fields = {str(k).lower(): v for k, v in document.items()}
+    topic = validate_topic(fields.get("topic"))
+    if "payload" not in fields:
+        raise InvalidInput("'payload' is required", "invalid_payload")
+    return topic, validate_payload(decode_payload(fields["payload"]))
+
+
+def validate_topic(topic: object) -> str:
+    """A topic is a string of 1–255 characters without control characters."""
+    if not isinstance(topic, str):
+        raise InvalidInput("'topic' must be a string", "invalid_topic")
+    if not 1 <= len(topic) <= MAX_TOPIC_LENGTH:
+        raise InvalidInput(f"'topic' must be 1..{MAX_TOPIC_LENGTH} characters", "invalid_topic")
+    if CONTROL_CHARS.search(topic):
+        raise InvalidInput("'topic' must not contain control characters", "invalid_topic")
+    return topic
+
+
+def decode_payload(value: object) -> dict[str, Any]:
+    """Accept a base64 string of a JSON object (seed SDKs) or the object itself."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str):
+        raise InvalidInput(
+            "'payload' must be a JSON object or a base64 string of one", "invalid_payload"
+        )
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput("'payload' is not valid base64", "invalid_payload") from exc
+    try:
+        payload = orjson.loads(decoded)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput("'payload' does not decode to JSON", "invalid_payload") from exc
+    if not isinstance(payload, dict):
+        raise InvalidInput("'payload' must decode to a JSON object", "invalid_payload")
+    return payload
+
+
+def validate_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """Check the delivery fields; normalise `http_method` to upper case."""
+    _check_headers(payload.get("headers"))
+    _check_scalar_map(payload.get("path_params"), "path_params", lists=False)
+    _check_scalar_map(payload.get("query_params"), "query_params", lists=True)
+    method = payload.get("http_method")
+    if method is not None:
+        if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
+            raise InvalidInput(
+                f"'http_method' must be one of {', '.join(HTTP_METHODS)}", "invalid_payload"
+            )
+        payload["http_method"] = method.upper()
+    return payload
+
+
+def _is_scalar(value: object) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _check_scalar_map(value: object, name: str, lists: bool) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise InvalidInput(f"'{name}' must be an object", "invalid_payload")
+    for key, item in value.items():
+        ok = _is_scalar(item) or (lists and isinstance(item, list) and all(map(_is_scalar, item)))
+        if not ok:
+            kind = "scalars or lists of scalars" if lists else "scalars"
+            raise InvalidInput(f"'{name}.{key}' must hold {kind}", "invalid_payload")
+
+
+def _check_headers(headers: object) -> None:
+    _check_scalar_map(headers, "headers", lists=False)
+    for name, value in (headers or {}).items():  # type: ignore[union-attr]
+        if not HEADER_NAME.match(name):
+            raise InvalidInput(f"header name {name!r} is not a valid token", "invalid_header")
+        if CONTROL_CHARS.search(scalar_text(value).replace("\t", " ")):
+            raise InvalidInput(
+                f"header {name!r} contains control characters (CR/LF)", "invalid_header"
+            )
+
+
+def scalar_text(value: Scalar) -> str:
+    """How a scalar is written in a URL or header: JSON-like for booleans and null."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,1 @@
+"""Job queues: the embedded SQLite queue and (later) Faktory, behind one interface."""

@@ -1,0 +1,34 @@
+"""The interface every job queue implements."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from switchd.delivery import Outcome
+from switchd.models import Event, Job
+from switchd.subscribers import Subscriber
+
+
+class QueueUnavailable(Exception):
+    """No queue could durably store the jobs; nothing was stored."""
+
+
+class JobQueue(Protocol):
+    """Stores jobs at publish time and hands them to consumers."""
+
+    name: str
+
+    async def enqueue(self, event: Event, subscribers: list[Subscriber]) -> None:
+        """Store one job per subscriber durably before returning, or raise QueueUnavailable."""
+
+    async def next(self) -> Job:
+        """Wait for the next job to deliver (leased or reserved for this consumer)."""
+
+    async def settle(self, job: Job, outcome: Outcome) -> None:
+        """Record a delivery outcome: ack, schedule a retry, or dead-letter."""
+
+    async def release(self, jobs: list[Job]) -> None:
+        """Give unfinished jobs back to the queue at once (shutdown)."""
+
+    async def check(self) -> str | None:
+        """None when the queue answers, else the reason it does not."""

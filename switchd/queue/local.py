@@ -1,0 +1,219 @@
+"""The embedded durable queue: jobs in SQLite, leased to consumers for a bounded time.
+
+A lease moves a job's `run_at` into the future and bumps its `lease` counter; if the
+consumer dies, `run_at` passes and the job is due again. Settling a job is conditional
+on the lease counter, so a consumer whose lease expired cannot undo a newer lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+import structlog
+
+from switchd.config import Settings
+from switchd.db import Database, Statement
+from switchd.delivery import Outcome
+from switchd.models import Event, Job
+from switchd.queue.base import QueueUnavailable
+from switchd.subscribers import Subscriber
+
+log = structlog.get_logger("switchd.queue.local")
+
+JITTER = 0.2
+IDLE_POLL_SECONDS = 1.0
+JOB_COLUMNS = (
+    "id, event_id, subscriber_id, topic, author, target_url, filter_expression, "
+    "attempts, rounds, first_attempt_at, lease"
+)
+INSERT_EVENT = "INSERT INTO events (id, topic, author, received_at, payload) VALUES (?, ?, ?, ?, ?)"
+INSERT_JOB = (
+    "INSERT INTO jobs (event_id, subscriber_id, topic, author, target_url, filter_expression, "
+    "run_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+LEASE = (
+    f"UPDATE jobs SET run_at = ?, lease = lease + 1 WHERE id IN "
+    f"(SELECT id FROM jobs WHERE run_at <= ? ORDER BY run_at LIMIT ?) RETURNING {JOB_COLUMNS}"
+)
+ACK = "DELETE FROM jobs WHERE id = ? AND lease = ?"
+RETRY = (
+    "UPDATE jobs SET run_at = ?, rounds = ?, attempts = ?, first_attempt_at = ?, "
+    "last_status = ?, last_error = ? WHERE id = ? AND lease = ?"
+)
+RELEASE = "UPDATE jobs SET run_at = ? WHERE id = ? AND lease = ?"
+INSERT_DEAD = (
+    "INSERT INTO dead_letters (event_id, subscriber_id, topic, author, target_url, "
+    "filter_expression, attempts, last_status, last_error, first_attempt_at, last_attempt_at, "
+    "dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class LocalQueue:
+    """Jobs in the switchd database; the default queue and Faktory's fallback."""
+
+    name = "local"
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.schedule = settings.retry_schedule
+        self.lease_seconds = settings.effective_lease
+        self._buffer: deque[Job] = deque()
+        self._waiting = 0
+        self._refill_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+
+    async def enqueue(self, event: Event, subscribers: list[Subscriber]) -> None:
+        """Store the event and one job per subscriber in the next group commit."""
+        statements: list[Statement] = [
+            (
+                INSERT_EVENT,
+                (event.id, event.topic, event.author, event.received_at, event.payload_json),
+            )
+        ]
+        statements.extend(
+            (
+                INSERT_JOB,
+                (
+                    event.id,
+                    s.id,
+                    event.topic,
+                    event.author,
+                    s.target_url,
+                    s.filter_expression,
+                    event.received_at,
+                ),
+            )
+            for s in subscribers
+        )
+        try:
+            await self.db.write(statements)
+        except Exception as exc:
+            raise QueueUnavailable(f"local queue cannot store jobs: {exc}") from exc
+        self._wake.set()
+
+    async def next(self) -> Job:
+        """The next due job, leased to the caller."""
+        self._waiting += 1
+        try:
+            while not self._buffer:
+                async with self._refill_lock:
+                    if not self._buffer:
+                        await self._refill()
+            return self._buffer.popleft()
+        finally:
+            self._waiting -= 1
+
+    async def _refill(self) -> None:
+        self._wake.clear()
+        jobs = await self.lease(self._waiting, self.lease_seconds)
+        if jobs:
+            self._buffer.extend(jobs)
+            return
+        delay = await self._seconds_until_due()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    async def _seconds_until_due(self) -> float:
+        row = await self.db.fetchone("SELECT MIN(run_at) FROM jobs")
+        if row is None or row[0] is None:
+            return IDLE_POLL_SECONDS
+        return min(IDLE_POLL_SECONDS, max(0.0, row[0] - time.time()))
+
+    async def lease(self, limit: int, seconds: float) -> list[Job]:
+        """Lease up to `limit` due jobs for `seconds`."""
+        now = time.time()
+        async with self.db.transaction() as conn:
+            rows = list(await conn.execute_fetchall(LEASE, (now + seconds, now, max(1, limit))))
+        if not rows:
+            return []
+        ids = sorted({row["event_id"] for row in rows})
+        marks = ",".join("?" * len(ids))
+        payloads = {
+            r["id"]: orjson.loads(r["payload"])
+            for r in await self.db.fetchall(
+                f"SELECT id, payload FROM events WHERE id IN ({marks})", ids
+            )
+        }
+        return [_job(row, payloads.get(row["event_id"], {})) for row in rows]
+
+    async def settle(self, job: Job, outcome: Outcome) -> None:
+        """Ack a delivered or skipped job, retry a transient failure, bury the rest."""
+        attempts = job.attempts + outcome.requests
+        first = job.first_attempt_at or outcome.finished_at
+        if outcome.kind in ("delivered", "skipped"):
+            statements = [(ACK, (int(job.id), job.extra["lease"]))]
+        elif outcome.kind == "transient" and job.rounds < len(self.schedule):
+            run_at = time.time() + self._delay(job.rounds, outcome.retry_after)
+            params = (run_at, job.rounds + 1, attempts, first, outcome.status, outcome.error)
+            statements = [(RETRY, (*params, int(job.id), job.extra["lease"]))]
+        else:
+            statements = self.bury_statements(job, outcome)
+        await self.db.write(statements)
+
+    def bury_statements(self, job: Job, outcome: Outcome) -> list[Statement]:
+        """Move a job to the dead-letter store (one transaction with its removal)."""
+        attempts = job.attempts + outcome.requests
+        first = job.first_attempt_at or outcome.finished_at
+        dead = (
+            job.event_id,
+            job.subscriber_id,
+            job.topic,
+            job.author,
+            job.target_url,
+            job.filter_expression,
+            attempts,
+            outcome.status,
+            outcome.error,
+            first,
+            outcome.finished_at,
+            time.time(),
+        )
+        return [(INSERT_DEAD, dead), (ACK, (int(job.id), job.extra["lease"]))]
+
+    def _delay(self, rounds: int, retry_after: float | None) -> float:
+        base = self.schedule[rounds] * random.uniform(1 - JITTER, 1 + JITTER)
+        return max(base, retry_after or 0.0)
+
+    async def release(self, jobs: list[Job]) -> None:
+        """Make leased jobs due again now (shutdown), including unstarted buffered ones."""
+        jobs = [*jobs, *self._buffer]
+        self._buffer.clear()
+        if jobs:
+            now = time.time()
+            await self.db.write([(RELEASE, (now, int(j.id), j.extra["lease"])) for j in jobs])
+
+    async def check(self) -> str | None:
+        """None when the jobs table can be read."""
+        try:
+            await self.db.fetchone("SELECT 1 FROM jobs LIMIT 1")
+        except Exception as exc:
+            return f"local queue: {exc}"
+        return None
+
+    async def depth(self) -> int:
+        """Jobs waiting or in flight."""
+        row = await self.db.fetchone("SELECT COUNT(*) FROM jobs")
+        return int(row[0]) if row else 0
+
+
+def _job(row: Any, payload: dict[str, Any]) -> Job:
+    return Job(
+        id=str(row["id"]),
+        event_id=row["event_id"],
+        subscriber_id=row["subscriber_id"],
+        topic=row["topic"],
+        author=row["author"],
+        target_url=row["target_url"],
+        filter_expression=row["filter_expression"],
+        payload=payload,
+        attempts=row["attempts"],
+        rounds=row["rounds"],
+        first_attempt_at=row["first_attempt_at"],
+        extra={"lease": row["lease"]},
+    )

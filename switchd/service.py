@@ -1,0 +1,127 @@
+"""The running service: database, registry, queue, consumers and their life cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+
+from switchd.config import Settings
+from switchd.consumers import ConsumerPool
+from switchd.db import Database
+from switchd.delivery import Deliverer
+from switchd.models import Event
+from switchd.queue.base import JobQueue
+from switchd.queue.local import LocalQueue
+from switchd.subscribers import Registry, SubscriberStore
+
+log = structlog.get_logger("switchd.service")
+RELOAD_POLL_SECONDS = 1.0
+
+
+class Switchd:
+    """Everything `switchd serve` runs besides the HTTP listener."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.db_name)
+        self.store = SubscriberStore(self.db)
+        self.registry = Registry(self.store)
+        self.queue: JobQueue = LocalQueue(self.db, settings)
+        self.session: aiohttp.ClientSession | None = None
+        self.consumers: ConsumerPool | None = None
+        self.draining = False
+        self._poller: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Open the database, load subscribers, start consumers and the change poller."""
+        await self.db.open()
+        await self.registry.reload()
+        self.session = _client_session(self.settings)
+        deliverer = Deliverer(self.session, self.settings, self.registry)
+        self.consumers = ConsumerPool(
+            self.queue, deliverer, self.registry, self.store, self.settings.consumer_concurrency
+        )
+        self.consumers.start()
+        self._poller = asyncio.create_task(self._poll_changes(), name="subscriber-poller")
+        log.info(
+            "started",
+            subscribers=len(self.registry.by_id),
+            queue=self.queue.name,
+            consumers=self.settings.consumer_concurrency,
+        )
+
+    async def stop(self) -> None:
+        """Drain consumers within the grace period, then close everything."""
+        self.draining = True
+        if self.consumers is not None:
+            await self.consumers.stop(self.settings.shutdown_grace)
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self.session is not None:
+            await self.session.close()
+        await self.db.close()
+        log.info("stopped")
+
+    async def publish(self, topic: str, author: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Match subscribers and durably enqueue one job each; return the 202 body."""
+        matched = self.registry.matching(topic, payload)
+        event = Event(
+            id=str(uuid.uuid4()),
+            topic=topic,
+            author=author,
+            payload=payload,
+            payload_json=orjson.dumps(payload),
+            received_at=time.time(),
+        )
+        if matched:
+            await self.queue.enqueue(event, matched)
+        log.info("published", event_id=event.id, topic=topic, author=author, matched=len(matched))
+        return {
+            "event_id": event.id,
+            "topic": topic,
+            "matched": len(matched),
+            "subscribers": [s.id for s in matched],
+        }
+
+    async def readiness(self) -> list[str]:
+        """Reasons the service is not ready; empty when it is."""
+        reasons = []
+        if self.draining:
+            reasons.append("draining: shutting down")
+        try:
+            await asyncio.wait_for(self.db.fetchone("SELECT 1"), timeout=2)
+        except Exception as exc:
+            reasons.append(f"database: {exc or type(exc).__name__}")
+        queue_problem = await self.queue.check()
+        if queue_problem:
+            reasons.append(queue_problem)
+        return reasons
+
+    async def _poll_changes(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_POLL_SECONDS)
+            try:
+                if await self.registry.reload_if_changed():
+                    log.info("subscribers_reloaded", count=len(self.registry.by_id))
+            except Exception as exc:
+                log.warning("subscriber_poll_failed", error=str(exc))
+
+
+def _client_session(settings: Settings) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("Accept-Encoding",),
+        trust_env=False,
+    )
