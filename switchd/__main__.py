@@ -1,0 +1,5 @@
+"""`python -m switchd` runs the command line."""
+
+from switchd.cli import main
+
+main()

@@ -1,0 +1,280 @@
+"""Publish → filter → SQLite queue → consumers → HTTP delivery, end to end on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+from standardwebhooks.webhooks import Webhook
+
+from switchd import __version__
+from tests.conftest import Sink, StartSwitchd, seed_body, seed_token
+
+SEED_FILTER = (
+    'data["body"]["x"] == 1 and data["headers"]["y"] == "z" '
+    'or data["special_key"] == "special value"'
+)
+
+
+async def test_seed_sdk_request_is_delivered_as_described(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd()
+    subscriber = await app.add_subscriber(
+        topic="orders", target_url=sink.url("/customers/:customer/orders/:order?src=switch")
+    )
+    payload = {
+        "body": {"id": 7, "items": ["a", "b"]},
+        "headers": {"X-Trace": "abc", "Connection": "close", "Host": "evil.example"},
+        "query_params": {"page": 2, "tag": ["x", "y"]},
+        "path_params": {"customer": "ACME Corp/EU", "order": 42},
+        "http_method": "put",
+    }
+    status, body = await app.call(
+        "POST",
+        "/publish",
+        data=seed_body("orders", payload),
+        headers={"Authorization": f"bearer {seed_token()}"},
+        skip_auto_headers=["Content-Type"],
+    )
+    assert status == 202, body
+    assert body["matched"] == 1 and body["subscribers"] == [subscriber["id"]]
+    assert body["topic"] == "orders"
+
+    [request] = await sink.wait_for(1)
+    assert request.method == "PUT"
+    assert request.path == "/customers/ACME%20Corp%2FEU/orders/42"
+    assert request.query == "src=switch&page=2&tag=x&tag=y"
+    assert request.json() == {"id": 7, "items": ["a", "b"]}
+    headers = request.headers
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Trace"] == "abc"
+    assert headers["Host"].startswith("127.0.0.1:")
+    assert headers["User-Agent"] == f"switchd/{__version__}"
+    assert headers["X-Switch-Topic"] == "orders"
+    assert headers["X-Switch-Event-Id"] == body["event_id"]
+    assert headers["X-Switch-Author"] == "svc"
+    assert headers["webhook-id"] == body["event_id"]
+    assert "webhook-signature" not in headers
+
+
+async def test_signature_verifies_with_standardwebhooks(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd()
+    created = await app.add_subscriber(topic="t", target_url=sink.url(), secret=True)
+    assert created["secret"].startswith("whsec_")
+    status, listed = await app.call("GET", f"/subscribers/{created['id']}", headers=app.admin)
+    assert status == 200 and "secret" not in listed and listed["has_secret"] is True
+
+    await app.publish("t", {"body": {"amount": 10}})
+    [request] = await sink.wait_for(1)
+    verified = Webhook(created["secret"]).verify(request.body, dict(request.headers))
+    assert verified == {"amount": 10}
+
+
+async def test_seed_filter_examples(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd()
+    await app.add_subscriber(topic="f", target_url=sink.url("/seed"), filter_expression=SEED_FILTER)
+    await app.add_subscriber(topic="f", target_url=sink.url("/true"), filter_expression="True")
+    await app.add_subscriber(topic="f", target_url=sink.url("/empty"), filter_expression="")
+    cases = [
+        ({"body": {"x": 1}, "headers": {"y": "z"}}, 3),  # first clause true
+        ({"body": {"x": 2}, "headers": {"y": "z"}, "special_key": "special value"}, 3),
+        ({"body": {"x": 2}, "headers": {"y": "z"}, "special_key": "other"}, 2),
+        ({"body": {"x": 1}}, 2),  # data["headers"] is missing: an error, so no match
+        ({"body": "not an object"}, 2),  # wrong type: no match, no crash
+    ]
+    expected_total = 0
+    for payload, matched in cases:
+        status, body = await app.publish("f", payload)
+        assert status == 202 and body["matched"] == matched, (payload, body)
+        expected_total += matched
+    await sink.wait_for(expected_total)
+    await asyncio.sleep(0.3)
+    paths = [r.path for r in sink.requests]
+    assert paths.count("/seed") == 2
+    assert paths.count("/true") == paths.count("/empty") == len(cases)
+    assert len(sink.requests) == expected_total
+    assert (await app.call("GET", "/healthz"))[0] == 200
+
+
+async def test_transient_failures_then_success_delivers_once(
+    start_switchd: StartSwitchd, sink: Sink
+):
+    app = await start_switchd()
+    sink.script.extend([503, 503, 503])
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    status, body = await app.publish("t", {"body": {"n": 1}})
+    assert status == 202
+    requests = await sink.wait_for(4)
+    await asyncio.sleep(0.5)
+    assert len(sink.requests) == 4  # three 503s (quick retries), one 200 (durable retry)
+    assert {r.headers["X-Switch-Event-Id"] for r in requests} == {body["event_id"]}
+    assert await app.count("jobs") == 0
+    assert await app.count("dead_letters") == 0
+
+
+async def test_permanent_failure_goes_to_dead_letters_at_once(
+    start_switchd: StartSwitchd, sink: Sink
+):
+    app = await start_switchd()
+    sink.status = 400
+    subscriber = await app.add_subscriber(topic="t", target_url=sink.url())
+    _, body = await app.publish("t", {"body": {"n": 1}})
+    await sink.wait_for(1)
+    dead = await _wait_for_dead(app)
+    await asyncio.sleep(0.3)
+    assert len(sink.requests) == 1
+    assert dead["event_id"] == body["event_id"]
+    assert dead["subscriber_id"] == subscriber["id"]
+    assert dead["last_status"] == 400 and dead["attempts"] == 1
+    assert "HTTP 400" in dead["last_error"]
+    assert await app.count("jobs") == 0
+
+
+async def test_retries_exhausted_go_to_dead_letters(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd(retry_schedule=(0.05,), quick_retries=1)
+    sink.status = 500
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    await app.publish("t", {"body": {}})
+    dead = await _wait_for_dead(app)
+    assert len(sink.requests) == 4  # (1 + 1 quick retry) × (1 + 1 durable retry)
+    assert dead["attempts"] == 4 and dead["last_status"] == 500
+
+
+async def test_gone_disables_the_subscriber(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd()
+    sink.status = 410
+    subscriber = await app.add_subscriber(topic="t", target_url=sink.url())
+    await app.publish("t", {"body": {}})
+    await _wait_for_dead(app)
+    _, shown = await app.call("GET", f"/subscribers/{subscriber['id']}", headers=app.admin)
+    assert shown["enabled"] is False and "410" in shown["disabled_reason"]
+    _, body = await app.publish("t", {"body": {}})
+    assert body["matched"] == 0
+    assert len(sink.requests) == 1
+
+
+async def test_retry_after_is_honoured(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd(quick_retry_max_wait=0.5, quick_retries=1)
+    sink.script.append(429)
+    sink.response_headers = {"Retry-After": "1"}  # above the quick cap: a durable retry
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    await app.publish("t", {"body": {}})
+    first, second = await sink.wait_for(2)
+    assert second.at - first.at >= 0.95
+
+
+async def test_concurrency_bounds_deliveries_in_flight(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd(consumer_concurrency=3)
+    sink.delay = 0.2
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    results = await asyncio.gather(*(app.publish("t", {"body": {"i": i}}) for i in range(12)))
+    assert all(status == 202 for status, _ in results)
+    requests = await sink.wait_for(12)
+    assert sink.max_in_flight == 3
+    assert sorted(r.json()["i"] for r in requests) == list(range(12))
+
+
+async def test_202_means_the_jobs_are_committed(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd(consumer_concurrency=0)
+    await app.add_subscriber(topic="t", target_url=sink.url("/a"))
+    await app.add_subscriber(topic="t", target_url=sink.url("/b"))
+    results = await asyncio.gather(*(app.publish("t", {"body": {"i": i}}) for i in range(20)))
+    event_ids = {body["event_id"] for _, body in results}
+    with sqlite3.connect(app.service.settings.db_name) as other:  # another connection sees them
+        rows = other.execute("SELECT event_id FROM jobs").fetchall()
+    assert len(rows) == 40 and {r[0] for r in rows} == event_ids
+    assert sink.requests == []
+
+
+async def test_expired_lease_is_delivered_again(start_switchd: StartSwitchd, sink: Sink):
+    producer = await start_switchd(consumer_concurrency=0)
+    await producer.add_subscriber(topic="t", target_url=sink.url())
+    _, body = await producer.publish("t", {"body": {"n": 1}})
+    [leased] = await producer.service.queue.lease(1, 0.5)  # a consumer that then dies
+    assert leased.event_id == body["event_id"]
+
+    consumer = await start_switchd(consumer_concurrency=2)
+    await asyncio.sleep(0.3)
+    assert sink.requests == []  # still leased
+    [request] = await sink.wait_for(1, timeout=5)
+    assert request.headers["X-Switch-Event-Id"] == body["event_id"]
+    await asyncio.sleep(0.2)
+    assert await consumer.count("jobs") == 0
+
+
+async def test_subscriber_deleted_before_delivery_drops_the_job(
+    start_switchd: StartSwitchd, sink: Sink
+):
+    app = await start_switchd(consumer_concurrency=0)
+    subscriber = await app.add_subscriber(topic="t", target_url=sink.url())
+    await app.publish("t", {"body": {}})
+    status, _ = await app.call("DELETE", f"/subscribers/{subscriber['id']}", headers=app.admin)
+    assert status == 204
+    consumer = await start_switchd(consumer_concurrency=1)
+    for _ in range(50):
+        if await consumer.count("jobs") == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await consumer.count("jobs") == 0
+    assert await consumer.count("dead_letters") == 0
+    assert sink.requests == []
+
+
+async def test_change_by_another_writer_reaches_publish_path(
+    start_switchd: StartSwitchd, sink: Sink
+):
+    app = await start_switchd()
+    writer = await start_switchd(consumer_concurrency=0)  # stands in for the CLI
+    await writer.add_subscriber(topic="t", target_url=sink.url())
+    for _ in range(40):
+        _, body = await app.publish("t", {"body": {}})
+        if body["matched"]:
+            break
+        await asyncio.sleep(0.1)
+    assert body["matched"] == 1
+    await sink.wait_for(1)
+
+
+async def test_store_locked_beyond_busy_timeout_answers_503(
+    start_switchd: StartSwitchd, sink: Sink, monkeypatch
+):
+    monkeypatch.setattr("switchd.db.BUSY_TIMEOUT_MS", 200)
+    app = await start_switchd(consumer_concurrency=0)
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    locker = sqlite3.connect(app.service.settings.db_name, isolation_level=None)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        status, body = await app.publish("t", {"body": {}})
+        assert status == 503 and body["error"]["code"] == "queue_unavailable"
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert await app.count("jobs") == 0 and await app.count("events") == 0
+    status, _ = await app.publish("t", {"body": {}})
+    assert status == 202
+    assert await app.count("jobs") == 1
+
+
+async def test_refresh_reloads_subscribers(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd()
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    status, body = await app.call(
+        "GET", "/refresh", headers={"Authorization": f"bearer {seed_token()}"}
+    )
+    assert status == 200 and body == {"subscribers": 1}
+
+
+async def test_readyz_turns_503_when_draining(start_switchd: StartSwitchd):
+    app = await start_switchd()
+    assert await app.call("GET", "/readyz") == (200, {"status": "ready"})
+    app.service.draining = True
+    status, body = await app.call("GET", "/readyz")
+    assert status == 503 and any("draining" in r for r in body["reasons"])
+
+
+async def _wait_for_dead(app, timeout: float = 10.0) -> dict:
+    for _ in range(int(timeout / 0.05)):
+        row = await app.service.db.fetchone("SELECT * FROM dead_letters")
+        if row is not None:
+            return dict(row)
+        await asyncio.sleep(0.05)
+    raise AssertionError("no dead letter appeared")
