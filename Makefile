@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STATE := .state
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint format bench clean
+.PHONY: run sink test lint format clean
 
 $(BIN)/switchd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ run: $(BIN)/switchd $(STATE)/dev-secret
 	SWITCH_JWT_SECRET="$${SWITCH_JWT_SECRET:-$$(cat $(STATE)/dev-secret)}" \
 	SWITCH_DB_NAME="$${SWITCH_DB_NAME:-$(STATE)/switch.db}" \
 	$(BIN)/switchd serve
+
+sink: $(BIN)/switchd
+	$(BIN)/python bench/sink.py --port 9000
 
 test: $(BIN)/switchd
 	$(BIN)/ruff check .

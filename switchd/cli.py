@@ -16,7 +16,7 @@ from aiohttp import web
 
 from switchd import __version__
 from switchd.auth import mint
-from switchd.config import ConfigError, Settings, load_settings
+from switchd.config import ConfigError, Settings, load_settings, parse_duration
 from switchd.filters import FilterError, compile_filter
 from switchd.http_api import create_app
 from switchd.logs import configure
@@ -38,23 +38,6 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def parse_duration(text: str) -> float:
-    """`90`, `90s`, `15m`, `1h` or `7d` as seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = text.strip().lower()
-    scale = units.get(text[-1:])
-    number = text[:-1] if scale else text
-    try:
-        value = float(number) * (scale or 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: use e.g. 90s, 15m, 1h, 7d"
-        ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("duration must be positive")
-    return value
-
-
 def build_parser() -> Parser:
     """The argument parser for every subcommand."""
     parser = Parser(prog="switchd", description="switchd event hub")
@@ -66,7 +49,7 @@ def build_parser() -> Parser:
     token = commands.add_parser("token", help="mint a JWT signed with SWITCH_JWT_SECRET")
     token.add_argument("--author", required=True)
     token.add_argument("--admin", action="store_true", help="add the admin scope")
-    token.add_argument("--ttl", type=parse_duration, help="expiry, e.g. 1h (default: none)")
+    token.add_argument("--ttl", type=_duration, help="expiry, e.g. 1h (default: none)")
 
     check = commands.add_parser("check-filter", help="evaluate a filter against sample data")
     check.add_argument("expression")
@@ -172,6 +155,15 @@ def cmd_check_filter(args: argparse.Namespace) -> int:
     else:
         print(f"match: {str(matched).lower()}" + (f" (evaluation error: {error})" if error else ""))
     return 0
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: use e.g. 90s, 15m, 1h, 7d"
+        ) from None
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -38,6 +38,7 @@ class Settings:
     lease_seconds: float = 0.0  # 0 = derived from the delivery bounds, see effective_lease
     max_payload_bytes: int = 1_048_576
     shutdown_grace: float = 30.0
+    log_retention: float = 7 * 86400.0
     log_level: str = "info"
     log_format: str = "auto"
 
@@ -94,6 +95,19 @@ def _schedule(raw: str) -> tuple[float, ...]:
     return values
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `15m`, `1h` or `7d` as positive seconds; ValueError otherwise."""
+    text = text.strip().lower()
+    scale = DURATION_UNITS.get(text[-1:])
+    value = float(text[:-1] if scale else text) * (scale or 1)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(text)
+    return value
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -144,6 +158,11 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "bytes, 1024..67108864",
     ),
     "SWITCH_SHUTDOWN_GRACE": ("shutdown_grace", _seconds(0, 3600), "seconds, 0..3600"),
+    "SWITCH_LOG_RETENTION": (
+        "log_retention",
+        parse_duration,
+        "a duration such as 7d, 12h or 3600",
+    ),
     "SWITCH_LOG_LEVEL": ("log_level", _choice(LOG_LEVELS), "one of " + "|".join(LOG_LEVELS)),
     "SWITCH_LOG_FORMAT": ("log_format", _choice(LOG_FORMATS), "one of " + "|".join(LOG_FORMATS)),
 }

@@ -81,7 +81,8 @@ MIGRATIONS: list[str] = [
         first_attempt_at REAL,
         last_attempt_at REAL,
         dead_at REAL NOT NULL,
-        replayed_at REAL
+        replayed_at REAL,
+        payload BLOB NOT NULL
     );
     CREATE INDEX dead_event ON dead_letters(event_id);
     CREATE INDEX dead_subscriber ON dead_letters(subscriber_id);

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import simpleeval
+import structlog
+
+log = structlog.get_logger("switchd.filters")
 
 MAX_EXPRESSION_LENGTH = 4096
 MAX_NODES = 300
@@ -163,8 +166,9 @@ class CompiledFilter:
         """True when the expression is truthy for `data`; any error counts as no match."""
         try:
             return self._evaluate(self._evaluator, data)
-        except Exception:
+        except Exception as exc:
             self.errors += 1
+            log.debug("filter_error", expression=self.source, error=f"{type(exc).__name__}: {exc}")
             return False
 
     def explain(self, data: dict[str, Any]) -> tuple[bool, str | None]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -23,6 +23,7 @@ from switchd.subscribers import Registry, SubscriberStore
 
 log = structlog.get_logger("switchd.service")
 RELOAD_POLL_SECONDS = 1.0
+PURGE_SECONDS = 600.0
 
 
 class Switchd:
@@ -33,11 +34,12 @@ class Switchd:
         self.db = Database(settings.db_name)
         self.store = SubscriberStore(self.db)
         self.registry = Registry(self.store)
-        self.queue: JobQueue = LocalQueue(self.db, settings)
+        self.local_queue = LocalQueue(self.db, settings)
+        self.queue: JobQueue = self.local_queue
         self.session: aiohttp.ClientSession | None = None
         self.consumers: ConsumerPool | None = None
         self.draining = False
-        self._poller: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Open the database, load subscribers, start consumers and the change poller."""
@@ -49,7 +51,10 @@ class Switchd:
             self.queue, deliverer, self.registry, self.store, self.settings.consumer_concurrency
         )
         self.consumers.start()
-        self._poller = asyncio.create_task(self._poll_changes(), name="subscriber-poller")
+        self._background = [
+            asyncio.create_task(_every(RELOAD_POLL_SECONDS, self._reload_if_changed)),
+            asyncio.create_task(_every(PURGE_SECONDS, self._purge_events)),
+        ]
         log.info(
             "started",
             subscribers=len(self.registry.by_id),
@@ -62,10 +67,9 @@ class Switchd:
         self.draining = True
         if self.consumers is not None:
             await self.consumers.stop(self.settings.shutdown_grace)
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self.session is not None:
             await self.session.close()
         await self.db.close()
@@ -106,14 +110,25 @@ class Switchd:
             reasons.append(queue_problem)
         return reasons
 
-    async def _poll_changes(self) -> None:
-        while True:
-            await asyncio.sleep(RELOAD_POLL_SECONDS)
-            try:
-                if await self.registry.reload_if_changed():
-                    log.info("subscribers_reloaded", count=len(self.registry.by_id))
-            except Exception as exc:
-                log.warning("subscriber_poll_failed", error=str(exc))
+    async def _reload_if_changed(self) -> None:
+        if await self.registry.reload_if_changed():
+            log.info("subscribers_reloaded", count=len(self.registry.by_id))
+
+    async def _purge_events(self) -> None:
+        cutoff = time.time() - self.settings.log_retention
+        purged = await self.local_queue.purge_events(cutoff)
+        if purged:
+            log.info("events_purged", count=purged)
+
+
+async def _every(seconds: float, work: Callable[[], Awaitable[None]]) -> None:
+    """Run `work` every `seconds` until cancelled; a failure is logged, not fatal."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await work()
+        except Exception as exc:
+            log.warning("background_task_failed", task=work.__name__, error=str(exc))
 
 
 def _client_session(settings: Settings) -> aiohttp.ClientSession:

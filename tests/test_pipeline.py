@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 
 from standardwebhooks.webhooks import Webhook
 
@@ -278,3 +279,15 @@ async def _wait_for_dead(app, timeout: float = 10.0) -> dict:
             return dict(row)
         await asyncio.sleep(0.05)
     raise AssertionError("no dead letter appeared")
+
+
+async def test_purge_keeps_events_that_jobs_still_need(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd(consumer_concurrency=0)
+    await app.add_subscriber(topic="kept", target_url=sink.url())
+    await app.publish("kept", {"body": {}})
+    await app.service.db.write(
+        [("INSERT INTO events VALUES ('old', 'gone', 'svc', 1.0, x'7b7d')", ())]
+    )
+    assert await app.service.local_queue.purge_events(older_than=time.time() + 1) == 1
+    rows = await app.service.db.fetchall("SELECT topic FROM events")
+    assert [r["topic"] for r in rows] == ["kept"]

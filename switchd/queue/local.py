@@ -50,7 +50,12 @@ RELEASE = "UPDATE jobs SET run_at = ? WHERE id = ? AND lease = ?"
 INSERT_DEAD = (
     "INSERT INTO dead_letters (event_id, subscriber_id, topic, author, target_url, "
     "filter_expression, attempts, last_status, last_error, first_attempt_at, last_attempt_at, "
-    "dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "dead_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+PURGE_EVENTS = (
+    "DELETE FROM events WHERE received_at < ? "
+    "AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id)"
 )
 
 
@@ -173,6 +178,7 @@ class LocalQueue:
             first,
             outcome.finished_at,
             time.time(),
+            orjson.dumps(job.payload),
         )
         return [(INSERT_DEAD, dead), (ACK, (int(job.id), job.extra["lease"]))]
 
@@ -195,6 +201,12 @@ class LocalQueue:
         except Exception as exc:
             return f"local queue: {exc}"
         return None
+
+    async def purge_events(self, older_than: float) -> int:
+        """Delete stored events received before `older_than` that no job needs any more."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(PURGE_EVENTS, (older_than,))
+            return cursor.rowcount
 
     async def depth(self) -> int:
         """Jobs waiting or in flight."""
