@@ -101,6 +101,8 @@ class Database:
         self._lock = asyncio.Lock()
         self._pending: list[tuple[list[Statement], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.commits = 0  # group commits so far
+        self.committed_writes = 0  # write() calls they carried
 
     async def open(self) -> None:
         """Open both connections (WAL, full sync) and apply pending migrations."""
@@ -153,6 +155,8 @@ class Database:
             except Exception as exc:
                 _settle(batch, exc)
             else:
+                self.commits += 1
+                self.committed_writes += len(batch)
                 _settle(batch, None)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:

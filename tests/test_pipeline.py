@@ -291,3 +291,16 @@ async def test_purge_keeps_events_that_jobs_still_need(start_switchd: StartSwitc
     assert await app.service.local_queue.purge_events(older_than=time.time() + 1) == 1
     rows = await app.service.db.fetchall("SELECT topic FROM events")
     assert [r["topic"] for r in rows] == ["kept"]
+
+
+async def test_concurrent_publishes_share_group_commits(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd(consumer_concurrency=0)
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    db = app.service.db
+    commits, writes = db.commits, db.committed_writes
+    results = await asyncio.gather(*(app.publish("t", {"body": {"i": i}}) for i in range(100)))
+    assert all(status == 202 for status, _ in results)
+    assert db.committed_writes - writes == 100
+    print(f"100 publishes in {db.commits - commits} commits")
+    assert db.commits - commits < 50  # many publishes per transaction
+    assert await app.count("jobs") == 100
