@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(Exception):
@@ -58,7 +59,6 @@ class Settings:
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "json", "console")
-FAKTORY_URL = re.compile(r"^tcp(\+tls)?://(:[^@]*@)?[^:/@]+:\d{1,5}/?$")
 
 
 def _text(raw: str) -> str:
@@ -119,9 +119,19 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
 
 
 def _faktory_url(raw: str) -> str:
-    if not FAKTORY_URL.match(raw.strip()):
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("tcp", "tcp+tls") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError
+    if parts.port is None:  # raises ValueError when out of range
         raise ValueError
     return raw.strip()
+
+
+def _redact(name: str, raw: str) -> str:
+    """The value as shown in an error line, without a Faktory password."""
+    if name != "FAKTORY_URL":
+        return raw
+    return re.sub(r"//[^@/]*@", "//***@", raw)
 
 
 # variable -> (Settings field, parser, expected form shown on error)
@@ -180,7 +190,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         try:
             values[field] = parse(raw)
         except (ValueError, TypeError, OverflowError):
-            problems.append(f"{name}={raw!r} is invalid: expected {expected}")
+            problems.append(f"{name}={_redact(name, raw)!r} is invalid: expected {expected}")
     values.update(overrides)
     if "jwt_secret" not in values and not any(p.startswith("SWITCH_JWT_SECRET") for p in problems):
         problems.append("SWITCH_JWT_SECRET is required: expected a secret (32+ bytes advised)")

@@ -44,6 +44,13 @@ DROPPED_HEADERS = frozenset(
         "upgrade",
         "host",
         "content-length",
+        "user-agent",  # switchd's own headers below are set by switchd alone
+        "x-switch-topic",
+        "x-switch-event-id",
+        "x-switch-author",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
     }
 )
 MAX_ERROR_BODY = 512

@@ -80,9 +80,24 @@ def _bounded_int(value: Any) -> Any:
 
 
 def _bounded_len(value: Any) -> Any:
-    if isinstance(value, str | list | tuple) and len(value) > MAX_SEQUENCE_LENGTH:
-        raise simpleeval.IterableTooLong("result too long")
+    if _size(value, MAX_SEQUENCE_LENGTH) > MAX_SEQUENCE_LENGTH:
+        raise simpleeval.IterableTooLong("result too large")
     return value
+
+
+def _size(value: Any, limit: int) -> int:
+    """Characters plus elements in `value`, nested containers included; stops past `limit`."""
+    if isinstance(value, str):
+        return len(value)
+    if not isinstance(value, list | tuple):
+        return 1
+    total = len(value)
+    for item in value:
+        if total > limit:
+            break
+        if isinstance(item, str | list | tuple):
+            total += _size(item, limit - total)
+    return total
 
 
 def _checked(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
@@ -109,7 +124,7 @@ def _precheck(op: Callable[[Any, Any], Any], a: Any, b: Any) -> None:
 def _repeat_length(a: Any, b: Any) -> int:
     for seq, times in ((a, b), (b, a)):
         if isinstance(seq, str | list | tuple) and isinstance(times, int):
-            return len(seq) * times
+            return _size(seq, MAX_SEQUENCE_LENGTH) * times
     return 0
 
 

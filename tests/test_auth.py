@@ -1,0 +1,271 @@
+"""Unit tests for switchd.auth: bearer header parsing, HS256 verification, minting."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import jwt
+import pytest
+
+from switchd.auth import AuthError, Principal, bearer_token, mint, verify
+
+SECRET = "test-secret-" + "x" * 40
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def hs256(claims: dict[str, object], secret: str = SECRET) -> str:
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def forged(header: dict[str, object], claims: dict[str, object], signature: bytes) -> str:
+    """A token assembled by hand, for algorithms this test cannot (or must not) sign with."""
+    head = b64url(json.dumps(header).encode())
+    body = b64url(json.dumps(claims).encode())
+    return f"{head}.{body}.{b64url(signature)}" if signature else f"{head}.{body}."
+
+
+# --- bearer_token -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer abc.def.ghi",
+        "bearer abc.def.ghi",
+        "BEARER abc.def.ghi",
+        "BeArEr abc.def.ghi",
+        "  Bearer abc.def.ghi  ",
+        "Bearer   abc.def.ghi",
+    ],
+)
+def test_bearer_scheme_is_case_insensitive(header: str) -> None:
+    assert bearer_token(header) == "abc.def.ghi"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Bearer    ",
+        "Basic dXNlcjpwYXNz",
+        "Token abc.def.ghi",
+        "abc.def.ghi",
+        "Bearerabc.def.ghi",
+    ],
+)
+def test_bad_authorization_header(header: str | None) -> None:
+    with pytest.raises(AuthError) as info:
+        bearer_token(header)
+    assert info.value.reason
+    assert str(info.value) == info.value.reason
+
+
+# --- verify: authors ----------------------------------------------------------------------
+
+
+def test_capitalised_author_claim_only() -> None:
+    principal = verify(hs256({"Author": "svc"}), SECRET)
+    assert principal == Principal(author="svc", admin=False)
+
+
+def test_lowercase_author_claim() -> None:
+    assert verify(hs256({"author": "billing"}), SECRET).author == "billing"
+
+
+def test_author_claim_preferred_over_capitalised() -> None:
+    assert verify(hs256({"author": "lower", "Author": "upper"}), SECRET).author == "lower"
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {},
+        {"sub": "svc"},
+        {"author": ""},
+        {"Author": ""},
+        {"author": 42},
+        {"author": None},
+        {"author": ["svc"]},
+        {"AUTHOR": "svc"},
+    ],
+)
+def test_missing_or_bad_author_is_rejected(claims: dict[str, object]) -> None:
+    with pytest.raises(AuthError) as info:
+        verify(hs256(claims), SECRET)
+    assert "author" in info.value.reason
+
+
+# --- verify: time claims -------------------------------------------------------------------
+
+
+def test_expired_token_is_rejected() -> None:
+    token = hs256({"author": "svc", "exp": int(time.time()) - 120})
+    with pytest.raises(AuthError) as info:
+        verify(token, SECRET)
+    assert "expired" in info.value.reason
+
+
+def test_not_yet_valid_token_is_rejected() -> None:
+    token = hs256({"author": "svc", "nbf": int(time.time()) + 300})
+    with pytest.raises(AuthError) as info:
+        verify(token, SECRET)
+    assert "not valid yet" in info.value.reason
+
+
+def test_valid_time_window_is_accepted() -> None:
+    now = int(time.time())
+    token = hs256({"author": "svc", "nbf": now - 60, "exp": now + 300, "iat": now})
+    assert verify(token, SECRET).author == "svc"
+
+
+def test_small_clock_skew_is_tolerated() -> None:
+    token = hs256({"author": "svc", "exp": int(time.time()) - 2})
+    assert verify(token, SECRET).author == "svc"
+
+
+# --- verify: algorithms and signatures -----------------------------------------------------
+
+
+def test_alg_none_token_is_rejected() -> None:
+    token = forged({"alg": "none", "typ": "JWT"}, {"author": "svc", "scope": "admin"}, b"")
+    with pytest.raises(AuthError):
+        verify(token, SECRET)
+
+
+def test_alg_none_token_from_pyjwt_is_rejected() -> None:
+    token = jwt.encode({"author": "svc", "scope": "admin"}, None, algorithm="none")
+    with pytest.raises(AuthError):
+        verify(token, SECRET)
+
+
+def test_hs512_token_with_the_right_secret_is_rejected() -> None:
+    secret = "k" * 64
+    token = jwt.encode({"author": "svc"}, secret, algorithm="HS512")
+    with pytest.raises(AuthError):
+        verify(token, secret)
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "PS256", "HS384"])
+def test_other_algorithm_headers_are_rejected(alg: str) -> None:
+    token = forged({"alg": alg, "typ": "JWT"}, {"author": "svc"}, b"\x01" * 64)
+    with pytest.raises(AuthError):
+        verify(token, SECRET)
+
+
+def test_rs256_header_with_hmac_of_secret_is_rejected() -> None:
+    # Key-confusion attempt: claim RS256 but sign with HMAC over the shared secret.
+    head = b64url(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+    body = b64url(json.dumps({"author": "svc", "scope": "admin"}).encode())
+    sig = hmac.new(SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    with pytest.raises(AuthError):
+        verify(f"{head}.{body}.{b64url(sig)}", SECRET)
+
+
+def test_wrong_secret_is_rejected() -> None:
+    token = hs256({"author": "svc"}, secret="some-other-secret-" + "y" * 40)
+    with pytest.raises(AuthError) as info:
+        verify(token, SECRET)
+    assert info.value.reason.startswith("invalid token")
+
+
+def test_tampered_claims_are_rejected() -> None:
+    token = hs256({"author": "svc"})
+    head, _, sig = token.split(".")
+    evil = b64url(json.dumps({"author": "svc", "scope": "admin"}).encode())
+    with pytest.raises(AuthError):
+        verify(f"{head}.{evil}.{sig}", SECRET)
+
+
+@pytest.mark.parametrize("token", ["", "garbage", "a.b", "a.b.c", "...", "Bearer x.y.z"])
+def test_malformed_tokens_are_rejected(token: str) -> None:
+    with pytest.raises(AuthError):
+        verify(token, SECRET)
+
+
+# --- verify: scope ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scope", "admin"),
+    [
+        ("admin", True),
+        ("admin other", True),
+        ("other admin", True),
+        (["admin"], True),
+        (["read", "admin"], True),
+        ("administrator", False),
+        ("read write", False),
+        (["read"], False),
+        ([], False),
+        ("", False),
+        ("ADMIN", False),
+        (["admin other"], False),
+        ({"admin": True}, False),
+        (1, False),
+    ],
+)
+def test_scope_decides_admin(scope: object, admin: bool) -> None:
+    principal = verify(hs256({"author": "svc", "scope": scope}), SECRET)
+    assert principal.admin is admin
+
+
+def test_no_scope_is_not_admin() -> None:
+    assert verify(hs256({"author": "svc"}), SECRET).admin is False
+
+
+# --- mint --------------------------------------------------------------------------------------
+
+
+def test_mint_round_trips_through_verify() -> None:
+    token = mint(SECRET, "svc")
+    assert verify(token, SECRET) == Principal(author="svc", admin=False)
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "HS256"
+
+
+def test_mint_admin_sets_scope() -> None:
+    token = mint(SECRET, "ops", admin=True)
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert claims["scope"] == "admin"
+    assert claims["author"] == "ops"
+    assert verify(token, SECRET) == Principal(author="ops", admin=True)
+
+
+def test_mint_without_ttl_has_no_expiry() -> None:
+    claims = jwt.decode(mint(SECRET, "svc"), SECRET, algorithms=["HS256"])
+    assert "exp" not in claims
+    assert "scope" not in claims
+    assert abs(claims["iat"] - time.time()) < 5
+
+
+def test_mint_with_ttl_sets_exp() -> None:
+    before = int(time.time())
+    claims = jwt.decode(mint(SECRET, "svc", ttl=3600), SECRET, algorithms=["HS256"])
+    after = int(time.time())
+    assert claims["exp"] == claims["iat"] + 3600
+    assert before + 3600 <= claims["exp"] <= after + 3600
+
+
+def test_minted_token_with_elapsed_ttl_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = time.time()
+    monkeypatch.setattr(time, "time", lambda: real - 3600)
+    token = mint(SECRET, "svc", ttl=60)
+    monkeypatch.undo()
+    with pytest.raises(AuthError) as info:
+        verify(token, SECRET)
+    assert "expired" in info.value.reason
+
+
+def test_minted_token_fails_with_another_secret() -> None:
+    with pytest.raises(AuthError):
+        verify(mint(SECRET, "svc"), "another-secret-" + "z" * 40)
