@@ -202,9 +202,12 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 
 def _cross_checks(values: dict[str, Any]) -> list[str]:
     lease = values.get("lease_seconds")
-    timeout = values.get("delivery_timeout", Settings.delivery_timeout)
-    if lease and lease <= timeout:
+    if not lease:
+        return []
+    worst = Settings(**{**values, "jwt_secret": "-", "lease_seconds": 0}).worst_case_delivery
+    if lease <= worst:
         return [
-            f"SWITCH_LEASE_SECONDS={lease:g} is invalid: expected more than the delivery timeout"
+            f"SWITCH_LEASE_SECONDS={lease:g} is invalid: expected more than the worst-case "
+            f"delivery ({worst:g} s = attempts × timeout + quick-retry waits)"
         ]
     return []

@@ -352,7 +352,8 @@ def test_bad_retry_schedule(raw: str) -> None:
 def test_lease_must_exceed_the_default_delivery_timeout() -> None:
     problems = problems_of(env(SWITCH_LEASE_SECONDS="10"))
     assert problems == [
-        "SWITCH_LEASE_SECONDS=10 is invalid: expected more than the delivery timeout"
+        "SWITCH_LEASE_SECONDS=10 is invalid: expected more than the worst-case delivery "
+        "(55 s = attempts × timeout + quick-retry waits)"
     ]
 
 
@@ -366,7 +367,7 @@ def test_lease_against_a_configured_timeout() -> None:
     problems = problems_of(env(SWITCH_LEASE_SECONDS="60", SWITCH_DELIVERY_TIMEOUT="90"))
     assert len(problems) == 1
     assert problems[0].startswith("SWITCH_LEASE_SECONDS")
-    ok = load_settings(env(SWITCH_LEASE_SECONDS="60", SWITCH_DELIVERY_TIMEOUT="5"))
+    ok = load_settings(env(SWITCH_LEASE_SECONDS="60", SWITCH_DELIVERY_TIMEOUT="5"))  # worst 25 s
     assert ok.lease_seconds == 60.0
     assert ok.effective_lease == 60.0
 
