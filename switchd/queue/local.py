@@ -19,6 +19,7 @@ import structlog
 
 from switchd.config import Settings
 from switchd.db import Database, Statement
+from switchd.dead_letters import bury
 from switchd.delivery import Outcome
 from switchd.models import Event, Job
 from switchd.queue.base import QueueUnavailable
@@ -47,11 +48,6 @@ RETRY = (
     "last_status = ?, last_error = ? WHERE id = ? AND lease = ?"
 )
 RELEASE = "UPDATE jobs SET run_at = ? WHERE id = ? AND lease = ?"
-INSERT_DEAD = (
-    "INSERT INTO dead_letters (event_id, subscriber_id, topic, author, target_url, "
-    "filter_expression, attempts, last_status, last_error, first_attempt_at, last_attempt_at, "
-    "dead_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 
 PURGE_EVENTS = (
     "DELETE FROM events WHERE received_at < ? "
@@ -149,38 +145,17 @@ class LocalQueue:
 
     async def settle(self, job: Job, outcome: Outcome) -> None:
         """Ack a delivered or skipped job, retry a transient failure, bury the rest."""
-        attempts = job.attempts + outcome.requests
-        first = job.first_attempt_at or outcome.finished_at
         if outcome.kind in ("delivered", "skipped"):
             statements = [(ACK, (int(job.id), job.extra["lease"]))]
         elif outcome.kind == "transient" and job.rounds < len(self.schedule):
             run_at = time.time() + self._delay(job.rounds, outcome.retry_after)
+            attempts = job.attempts + outcome.requests
+            first = job.first_attempt_at or outcome.finished_at
             params = (run_at, job.rounds + 1, attempts, first, outcome.status, outcome.error)
             statements = [(RETRY, (*params, int(job.id), job.extra["lease"]))]
         else:
-            statements = self.bury_statements(job, outcome)
+            statements = [bury(job, outcome), (ACK, (int(job.id), job.extra["lease"]))]
         await self.db.write(statements)
-
-    def bury_statements(self, job: Job, outcome: Outcome) -> list[Statement]:
-        """Move a job to the dead-letter store (one transaction with its removal)."""
-        attempts = job.attempts + outcome.requests
-        first = job.first_attempt_at or outcome.finished_at
-        dead = (
-            job.event_id,
-            job.subscriber_id,
-            job.topic,
-            job.author,
-            job.target_url,
-            job.filter_expression,
-            attempts,
-            outcome.status,
-            outcome.error,
-            first,
-            outcome.finished_at,
-            time.time(),
-            orjson.dumps(job.payload),
-        )
-        return [(INSERT_DEAD, dead), (ACK, (int(job.id), job.extra["lease"]))]
 
     def _delay(self, rounds: int, retry_after: float | None) -> float:
         base = self.schedule[rounds] * random.uniform(1 - JITTER, 1 + JITTER)
