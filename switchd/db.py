@@ -88,6 +88,17 @@ MIGRATIONS: list[str] = [
     CREATE INDEX dead_subscriber ON dead_letters(subscriber_id);
     CREATE INDEX dead_topic ON dead_letters(topic);
     """,
+    """
+    CREATE TABLE idempotency_keys (
+        author TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        response BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (author, key)
+    );
+    CREATE INDEX idempotency_created ON idempotency_keys(created_at);
+    """,
 ]
 
 

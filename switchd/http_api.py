@@ -9,7 +9,9 @@ import structlog
 from aiohttp import web
 
 from switchd.auth import AuthError, Principal, bearer_token, verify
+from switchd.dead_letters import DeadFilter, ReplayRefused
 from switchd.errors import ApiError, InvalidInput
+from switchd.idempotency import fingerprint, validate_key
 from switchd.payload import parse_publish
 from switchd.queue.base import QueueUnavailable
 from switchd.service import Switchd
@@ -98,18 +100,28 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 
 
 async def publish(request: web.Request) -> web.Response:
-    """POST /publish: seed-compatible publishing."""
+    """POST /publish: seed-compatible publishing, idempotent with `Idempotency-Key`."""
     service = request.app[SERVICE]
     principal = authenticate(request)
     topic, payload = parse_publish(await read_body(request, service.settings.max_payload_bytes))
-    try:
-        result = await service.publish(topic, principal.author, payload)
-    except QueueUnavailable as exc:
-        log.error("publish_unavailable", topic=topic, error=str(exc))
-        raise ApiError(
-            503, "queue_unavailable", "the event could not be stored; retry later"
-        ) from exc
-    return json_response(result, status=202)
+    key = request.headers.get("Idempotency-Key")
+
+    async def work() -> dict[str, Any]:
+        try:
+            return await service.publish(topic, principal.author, payload)
+        except QueueUnavailable as exc:
+            log.error("publish_unavailable", topic=topic, error=str(exc))
+            raise ApiError(
+                503, "queue_unavailable", "the event could not be stored; retry later"
+            ) from exc
+
+    if key is None:
+        return json_response(await work(), status=202)
+    result, replayed = await service.idempotency.run(
+        principal.author, validate_key(key), fingerprint(topic, payload), work
+    )
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return json_response(result, status=202, headers=headers)
 
 
 async def refresh(request: web.Request) -> web.Response:
@@ -178,6 +190,98 @@ def _not_found(subscriber_id: str) -> ApiError:
     return ApiError(404, "not_found", f"no subscriber {subscriber_id!r}")
 
 
+def _dead_filter(source: dict[str, Any]) -> DeadFilter:
+    """Dead-letter filters from query parameters or a JSON body."""
+    values = {k: source.get(k) for k in ("subscriber_id", "topic", "event_id")}
+    for name, value in values.items():
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput(f"'{name}' must be a string")
+    replayed = source.get("replayed")
+    if isinstance(replayed, str):
+        replayed = {"true": True, "false": False}.get(replayed.lower(), replayed)
+    if replayed is not None and not isinstance(replayed, bool):
+        raise InvalidInput("'replayed' must be true or false")
+    return DeadFilter(**values, replayed=replayed)
+
+
+def _int_param(request: web.Request, name: str, default: int | None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 18:
+        raise InvalidInput(f"'{name}' must be a non-negative integer")
+    return int(raw)
+
+
+def _dead_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(404, "not_found", f"no dead letter {raw!r}")
+    return int(raw)
+
+
+async def list_dead(request: web.Request) -> web.Response:
+    """GET /dead: newest first, `limit` and `cursor` for the next page."""
+    authenticate(request, admin=True)
+    where = _dead_filter(dict(request.query))
+    limit = _int_param(request, "limit", 50) or 50
+    records, cursor = await request.app[SERVICE].dead_letters.page(
+        where, limit, _int_param(request, "cursor", None)
+    )
+    return json_response({"dead_letters": records, "next_cursor": cursor})
+
+
+async def get_dead(request: web.Request) -> web.Response:
+    """GET /dead/{id}: one dead letter with its payload."""
+    authenticate(request, admin=True)
+    record = await request.app[SERVICE].dead_letters.get(_dead_id(request))
+    if record is None:
+        raise ApiError(404, "not_found", f"no dead letter {request.match_info['id']!r}")
+    return json_response(record)
+
+
+async def replay_dead(request: web.Request) -> web.Response:
+    """POST /dead/{id}/replay: a fresh delivery of one dead letter."""
+    authenticate(request, admin=True)
+    service = request.app[SERVICE]
+    record = await service.dead_letters.get(_dead_id(request))
+    if record is None:
+        raise ApiError(404, "not_found", f"no dead letter {request.match_info['id']!r}")
+    try:
+        count = await service.replay([record])
+    except ReplayRefused as exc:
+        raise ApiError(409, "replay_refused", str(exc)) from exc
+    except QueueUnavailable as exc:
+        raise ApiError(503, "queue_unavailable", "the replay could not be stored") from exc
+    return json_response({"replayed": count, "event_id": record["event_id"]}, status=202)
+
+
+async def replay_dead_bulk(request: web.Request) -> web.Response:
+    """POST /dead/replay: replay every not-yet-replayed dead letter of a subscriber or topic."""
+    authenticate(request, admin=True)
+    service = request.app[SERVICE]
+    body = await read_json_object(request)
+    where = _dead_filter(body)
+    if where.subscriber_id is None and where.topic is None:
+        raise InvalidInput("give 'subscriber_id' or 'topic' (or both)")
+    if where.replayed is None:
+        where = DeadFilter(where.subscriber_id, where.topic, where.event_id, replayed=False)
+    try:
+        count = await service.replay(await service.dead_letters.with_payloads(where))
+    except QueueUnavailable as exc:
+        raise ApiError(503, "queue_unavailable", "the replays could not be stored") from exc
+    return json_response({"replayed": count}, status=202)
+
+
+async def delete_dead(request: web.Request) -> web.Response:
+    """DELETE /dead/{id}."""
+    authenticate(request, admin=True)
+    deleted = await request.app[SERVICE].dead_letters.delete(DeadFilter(ids=(_dead_id(request),)))
+    if not deleted:
+        raise ApiError(404, "not_found", f"no dead letter {request.match_info['id']!r}")
+    return web.Response(status=204)
+
+
 async def healthz(request: web.Request) -> web.Response:
     """GET /healthz: the event loop answers."""
     return json_response({"status": "ok"})
@@ -204,6 +308,11 @@ def create_app(service: Switchd) -> web.Application:
     app.router.add_get("/subscribers/{id}", get_subscriber)
     app.router.add_patch("/subscribers/{id}", update_subscriber)
     app.router.add_delete("/subscribers/{id}", delete_subscriber)
+    app.router.add_get("/dead", list_dead)
+    app.router.add_post("/dead/replay", replay_dead_bulk)
+    app.router.add_get("/dead/{id}", get_dead)
+    app.router.add_post("/dead/{id}/replay", replay_dead)
+    app.router.add_delete("/dead/{id}", delete_dead)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

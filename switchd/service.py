@@ -15,7 +15,9 @@ import structlog
 from switchd.config import Settings
 from switchd.consumers import ConsumerPool
 from switchd.db import Database
+from switchd.dead_letters import DeadLetterStore, replay
 from switchd.delivery import Deliverer
+from switchd.idempotency import IdempotencyKeys
 from switchd.models import Event
 from switchd.queue.base import JobQueue
 from switchd.queue.local import LocalQueue
@@ -36,6 +38,8 @@ class Switchd:
         self.registry = Registry(self.store)
         self.local_queue = LocalQueue(self.db, settings)
         self.queue: JobQueue = self.local_queue
+        self.dead_letters = DeadLetterStore(self.db)
+        self.idempotency = IdempotencyKeys(self.db)
         self.session: aiohttp.ClientSession | None = None
         self.consumers: ConsumerPool | None = None
         self.draining = False
@@ -53,7 +57,7 @@ class Switchd:
         self.consumers.start()
         self._background = [
             asyncio.create_task(_every(RELOAD_POLL_SECONDS, self._reload_if_changed)),
-            asyncio.create_task(_every(PURGE_SECONDS, self._purge_events)),
+            asyncio.create_task(_every(PURGE_SECONDS, self._purge)),
         ]
         log.info(
             "started",
@@ -114,11 +118,16 @@ class Switchd:
         if await self.registry.reload_if_changed():
             log.info("subscribers_reloaded", count=len(self.registry.by_id))
 
-    async def _purge_events(self) -> None:
+    async def replay(self, records: list[dict[str, Any]]) -> int:
+        """Enqueue dead letters again (see dead_letters.replay)."""
+        return await replay(self.dead_letters, self.queue, self.registry.get, records)
+
+    async def _purge(self) -> None:
         cutoff = time.time() - self.settings.log_retention
-        purged = await self.local_queue.purge_events(cutoff)
-        if purged:
-            log.info("events_purged", count=purged)
+        events = await self.local_queue.purge_events(cutoff)
+        keys = await self.idempotency.purge()
+        if events or keys:
+            log.info("purged", events=events, idempotency_keys=keys)
 
 
 async def _every(seconds: float, work: Callable[[], Awaitable[None]]) -> None:

@@ -33,7 +33,9 @@ JOB_COLUMNS = (
     "id, event_id, subscriber_id, topic, author, target_url, filter_expression, "
     "attempts, rounds, first_attempt_at, lease"
 )
-INSERT_EVENT = "INSERT INTO events (id, topic, author, received_at, payload) VALUES (?, ?, ?, ?, ?)"
+INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (id, topic, author, received_at, payload) VALUES (?, ?, ?, ?, ?)"
+)
 INSERT_JOB = (
     "INSERT INTO jobs (event_id, subscriber_id, topic, author, target_url, filter_expression, "
     "run_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
