@@ -153,25 +153,37 @@ class SubscriberStore:
 
     async def create(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Insert a validated subscriber; return its stored row as a dict."""
-        now = time.time()
-        row = {
-            "id": str(uuid.uuid4()),
-            "filter_expression": "True",
-            "enabled": True,
-            "disabled_reason": None,
-            "secret": None,
-            "description": "",
-            **fields,
-            "created_at": now,
-            "updated_at": now,
-        }
-        names = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                f"INSERT INTO subscribers ({names}) VALUES ({marks})", list(row.values())
-            )
+        [row] = await self.create_many([fields])
         return row
+
+    async def create_many(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Insert validated subscribers in one transaction (all or none)."""
+        now = time.time()
+        rows = [
+            {
+                "id": str(uuid.uuid4()),
+                "topic": None,
+                "target_url": None,
+                "filter_expression": "True",
+                "enabled": True,
+                "disabled_reason": None,
+                "secret": None,
+                "description": "",
+                **fields,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for fields in items
+        ]
+        if rows:
+            names = ", ".join(rows[0])
+            marks = ", ".join("?" for _ in rows[0])
+            async with self.db.transaction() as conn:
+                await conn.executemany(
+                    f"INSERT INTO subscribers ({names}) VALUES ({marks})",
+                    [list(row.values()) for row in rows],
+                )
+        return rows
 
     async def update(self, subscriber_id: str, fields: dict[str, Any]) -> bool:
         """Apply validated fields; re-enabling clears the disabled reason. False if absent."""
@@ -207,7 +219,9 @@ class SubscriberStore:
 
     async def rows(self) -> list[dict[str, Any]]:
         """Every subscriber row, oldest first."""
-        rows = await self.db.fetchall(f"SELECT {COLUMNS} FROM subscribers ORDER BY created_at, id")
+        rows = await self.db.fetchall(
+            f"SELECT {COLUMNS} FROM subscribers ORDER BY created_at, rowid"
+        )
         return [dict(row) for row in rows]
 
     async def version(self) -> int:

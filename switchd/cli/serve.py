@@ -1,0 +1,90 @@
+"""`switchd serve`: the HTTP server and consumers until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from switchd.config import Settings, load_settings
+from switchd.http_api import create_app
+from switchd.logs import configure
+from switchd.service import Switchd
+from switchd.systemd import Notifier
+
+MIN_SECRET_BYTES = 32
+log = structlog.get_logger("switchd")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `serve` to the parser."""
+    serve_parser = commands.add_parser("serve", help="run the HTTP server and consumers")
+    serve_parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until a signal; exit 0 after a graceful drain, 1 if it cannot start."""
+    settings = load_settings()
+    configure(settings.log_level, settings.log_format)
+    if len(settings.jwt_secret.encode()) < MIN_SECRET_BYTES:
+        log.warning(
+            "weak_jwt_secret", detail=f"SWITCH_JWT_SECRET is under {MIN_SECRET_BYTES} bytes"
+        )
+    try:
+        run_loop(serve(settings))
+    except OSError as exc:
+        print(f"switchd: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine on uvloop when available, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+async def serve(settings: Settings) -> None:
+    """Start the service and the listener; on a signal, drain and stop."""
+    notifier = Notifier.from_environ()
+    watchdog: asyncio.Task[None] | None = None
+    service = Switchd(settings)
+    await service.start()
+    runner = web.AppRunner(
+        create_app(service), access_log=None, handle_signals=False, shutdown_timeout=5
+    )
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.server_host, settings.server_port, reuse_address=True)
+        await site.start()
+        log.info("listening", host=settings.server_host, port=settings.server_port, pid=os.getpid())
+        notifier.ready(f"listening on {settings.server_host}:{settings.server_port}")
+        watchdog = asyncio.create_task(notifier.watchdog(), name="sd-watchdog")
+        await _wait_for_signal()
+        notifier.stopping()
+        log.info("shutting_down", grace_seconds=settings.shutdown_grace)
+        service.draining = True
+    finally:
+        await runner.cleanup()
+        await service.stop()
+        if watchdog is not None:
+            watchdog.cancel()
+        notifier.close()
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
