@@ -8,6 +8,7 @@ import contextlib
 import structlog
 
 from switchd.delivery import Deliverer, Outcome
+from switchd.metrics import Metrics
 from switchd.models import Job
 from switchd.queue.base import JobQueue
 from switchd.subscribers import Registry, SubscriberStore
@@ -26,12 +27,14 @@ class ConsumerPool:
         registry: Registry,
         store: SubscriberStore,
         concurrency: int,
+        metrics: Metrics,
     ) -> None:
         self.queue = queue
         self.deliverer = deliverer
         self.registry = registry
         self.store = store
         self.concurrency = concurrency
+        self.metrics = metrics
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: dict[asyncio.Task[None], Job] = {}
         self._stopping = False
@@ -73,6 +76,7 @@ class ConsumerPool:
         while not self._stopping:
             job = await self.queue.next()
             self._in_flight[task] = job
+            self.metrics.in_flight.inc()
             try:
                 await self._process(job)
             except asyncio.CancelledError:
@@ -81,9 +85,11 @@ class ConsumerPool:
                 log.exception("consumer_error", event_id=job.event_id, job_id=job.id)
             finally:
                 self._in_flight.pop(task, None)
+                self.metrics.in_flight.dec()
 
     async def _process(self, job: Job) -> None:
         outcome = await self.deliverer.deliver(job)
+        self.metrics.deliveries.labels(outcome.kind).inc()
         if outcome.gone and job.subscriber_id:
             await self._disable(job.subscriber_id)
         if outcome.kind == "skipped":
@@ -93,7 +99,8 @@ class ConsumerPool:
     async def _settle(self, job: Job, outcome: Outcome) -> None:
         while True:
             try:
-                await self.queue.settle(job, outcome)
+                disposition = await self.queue.settle(job, outcome)
+                self.metrics.settled.labels(disposition).inc()
                 return
             except Exception as exc:
                 # The lease keeps the job safe; retry until the store answers again.

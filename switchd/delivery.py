@@ -24,6 +24,7 @@ from yarl import URL
 
 from switchd import __version__
 from switchd.config import Settings
+from switchd.metrics import Metrics
 from switchd.models import Job
 from switchd.payload import CONTROL_CHARS, HEADER_NAME, HTTP_METHODS, scalar_text
 from switchd.subscribers import SECRET_PREFIX, Registry
@@ -189,8 +190,15 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 class Deliverer:
     """Sends jobs over one shared client session, with quick in-process retries."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: Settings, registry: Registry):
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        registry: Registry,
+        metrics: Metrics,
+    ) -> None:
         self.session = session
+        self.metrics = metrics
         self.settings = settings
         self.registry = registry
         self.timeout = aiohttp.ClientTimeout(total=settings.delivery_timeout)
@@ -253,6 +261,8 @@ class Deliverer:
         except ValueError as exc:  # a URL or header the client refuses: retrying won't help
             kind, error = "permanent", f"invalid request: {exc}"
         duration = time.time() - started
+        self.metrics.requests.labels(kind).inc()
+        self.metrics.latency.observe(duration)
         log.info(
             "delivery_attempt",
             event_id=job.event_id,

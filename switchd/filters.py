@@ -175,6 +175,7 @@ class CompiledFilter:
     source: str
     tree: ast.expr | None  # None: matches everything
     errors: int = 0
+    on_error: Callable[[], None] | None = field(default=None, repr=False, compare=False)
     _evaluator: _Evaluator = field(default_factory=_Evaluator, repr=False)
 
     def matches(self, data: dict[str, Any]) -> bool:
@@ -183,6 +184,8 @@ class CompiledFilter:
             return self._evaluate(self._evaluator, data)
         except Exception as exc:
             self.errors += 1
+            if self.on_error is not None:
+                self.on_error()
             log.debug("filter_error", expression=self.source, error=f"{type(exc).__name__}: {exc}")
             return False
 

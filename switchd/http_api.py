@@ -12,6 +12,7 @@ from switchd.auth import AuthError, Principal, bearer_token, verify
 from switchd.dead_letters import DeadFilter, ReplayRefused
 from switchd.errors import ApiError, InvalidInput
 from switchd.idempotency import fingerprint, validate_key
+from switchd.metrics import CONTENT_TYPE
 from switchd.payload import parse_publish
 from switchd.queue.base import QueueUnavailable
 from switchd.service import Switchd
@@ -282,6 +283,12 @@ async def delete_dead(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format."""
+    body = await request.app[SERVICE].render_metrics()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
 async def healthz(request: web.Request) -> web.Response:
     """GET /healthz: the event loop answers."""
     return json_response({"status": "ok"})
@@ -315,4 +322,5 @@ def create_app(service: Switchd) -> web.Application:
     app.router.add_delete("/dead/{id}", delete_dead)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app

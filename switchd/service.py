@@ -18,8 +18,11 @@ from switchd.db import Database
 from switchd.dead_letters import DeadLetterStore, replay
 from switchd.delivery import Deliverer
 from switchd.idempotency import IdempotencyKeys
+from switchd.metrics import Metrics
 from switchd.models import Event
 from switchd.queue.base import JobQueue
+from switchd.queue.faktory import FaktoryQueue
+from switchd.queue.fallback import FallbackQueue
 from switchd.queue.local import LocalQueue
 from switchd.subscribers import Registry, SubscriberStore
 
@@ -35,9 +38,14 @@ class Switchd:
         self.settings = settings
         self.db = Database(settings.db_name)
         self.store = SubscriberStore(self.db)
-        self.registry = Registry(self.store)
+        self.metrics = Metrics()
+        self.registry = Registry(self.store, self.metrics.filter_errors.inc)
         self.local_queue = LocalQueue(self.db, settings)
-        self.queue: JobQueue = self.local_queue
+        self.faktory_queue: FallbackQueue | None = None
+        if settings.faktory_url:  # Faktory first, the local queue when it is unreachable
+            faktory = FaktoryQueue(self.db, settings)
+            self.faktory_queue = FallbackQueue(faktory, self.local_queue)
+        self.queue: JobQueue = self.faktory_queue or self.local_queue
         self.dead_letters = DeadLetterStore(self.db)
         self.idempotency = IdempotencyKeys(self.db)
         self.session: aiohttp.ClientSession | None = None
@@ -48,11 +56,22 @@ class Switchd:
     async def start(self) -> None:
         """Open the database, load subscribers, start consumers and the change poller."""
         await self.db.open()
+        if self.faktory_queue is not None:
+            try:
+                await self.faktory_queue.start()
+            except BaseException:  # e.g. a wrong Faktory password: nothing else is started
+                await self.db.close()
+                raise
         await self.registry.reload()
         self.session = _client_session(self.settings)
-        deliverer = Deliverer(self.session, self.settings, self.registry)
+        deliverer = Deliverer(self.session, self.settings, self.registry, self.metrics)
         self.consumers = ConsumerPool(
-            self.queue, deliverer, self.registry, self.store, self.settings.consumer_concurrency
+            self.queue,
+            deliverer,
+            self.registry,
+            self.store,
+            self.settings.consumer_concurrency,
+            self.metrics,
         )
         self.consumers.start()
         self._background = [
@@ -74,6 +93,8 @@ class Switchd:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self.faktory_queue is not None:
+            await self.faktory_queue.close()
         if self.session is not None:
             await self.session.close()
         await self.db.close()
@@ -81,6 +102,7 @@ class Switchd:
 
     async def publish(self, topic: str, author: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Match subscribers and durably enqueue one job each; return the 202 body."""
+        started = time.perf_counter()
         matched = self.registry.matching(topic, payload)
         event = Event(
             id=str(uuid.uuid4()),
@@ -92,6 +114,10 @@ class Switchd:
         )
         if matched:
             await self.queue.enqueue(event, matched)
+        label = self.registry.topic_label(topic)
+        self.metrics.published.labels(label).inc()
+        self.metrics.matched.labels(label).inc(len(matched))
+        self.metrics.publish_latency.observe(time.perf_counter() - started)
         log.info("published", event_id=event.id, topic=topic, author=author, matched=len(matched))
         return {
             "event_id": event.id,
@@ -99,6 +125,20 @@ class Switchd:
             "matched": len(matched),
             "subscribers": [s.id for s in matched],
         }
+
+    async def render_metrics(self) -> bytes:
+        """Refresh the gauges that are read from storage, then render every metric."""
+        problem = await self.queue.check()
+        self.metrics.queue_up.labels(self.queue.name).set(0 if problem else 1)
+        try:
+            depth, oldest = await self.local_queue.stats()
+        except Exception as exc:
+            log.warning("metrics_queue_stats_failed", error=str(exc))
+        else:
+            self.metrics.queue_depth.labels("local").set(depth)
+            age = time.time() - oldest if oldest else 0.0
+            self.metrics.oldest_job_age.labels("local").set(max(0.0, age))
+        return self.metrics.render()
 
     async def readiness(self) -> list[str]:
         """Reasons the service is not ready; empty when it is."""

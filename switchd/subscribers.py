@@ -9,6 +9,7 @@ import binascii
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -233,8 +234,9 @@ class SubscriberStore:
 class Registry:
     """In-memory index of subscribers by topic and id, rebuilt when the table changes."""
 
-    def __init__(self, store: SubscriberStore) -> None:
+    def __init__(self, store: SubscriberStore, on_filter_error: Callable[[], None] | None = None):
         self.store = store
+        self.on_filter_error = on_filter_error
         self.by_id: dict[str, Subscriber] = {}
         self.by_topic: dict[str, list[Subscriber]] = {}
         self._compiled: dict[str, CompiledFilter] = {}
@@ -277,12 +279,17 @@ class Registry:
             except FilterError as exc:
                 log.error("filter_invalid", subscriber_id=row["id"], error=str(exc))
                 compiled = CompiledFilter(source=source, tree=_NEVER)
+            compiled.on_error = self.on_filter_error
         self._compiled[source] = compiled
         return Subscriber(**{**row, "enabled": bool(row["enabled"])}, compiled=compiled)
 
     def matching(self, topic: str, payload: dict[str, Any]) -> list[Subscriber]:
         """Enabled subscribers of `topic` whose filter accepts `payload`."""
         return [s for s in self.by_topic.get(topic, ()) if s.compiled.matches(payload)]
+
+    def topic_label(self, topic: str) -> str:
+        """`topic` if some enabled subscriber listens to it, else "other" (bounded labels)."""
+        return topic if topic in self.by_topic else "other"
 
     def get(self, subscriber_id: str | None) -> Subscriber | None:
         """A subscriber by id, or None."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 from switchd.delivery import Outcome
 from switchd.models import Event, Job
 from switchd.subscribers import Subscriber
+
+Disposition = Literal["done", "retry", "dead"]
 
 
 class QueueUnavailable(Exception):
@@ -24,8 +26,8 @@ class JobQueue(Protocol):
     async def next(self) -> Job:
         """Wait for the next job to deliver (leased or reserved for this consumer)."""
 
-    async def settle(self, job: Job, outcome: Outcome) -> None:
-        """Record a delivery outcome: ack, schedule a retry, or dead-letter."""
+    async def settle(self, job: Job, outcome: Outcome) -> Disposition:
+        """Record a delivery outcome: ack (done), schedule a retry, or dead-letter."""
 
     async def release(self, jobs: list[Job]) -> None:
         """Give unfinished jobs back to the queue at once (shutdown)."""

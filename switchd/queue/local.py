@@ -22,7 +22,7 @@ from switchd.db import Database, Statement
 from switchd.dead_letters import bury
 from switchd.delivery import Outcome
 from switchd.models import Event, Job
-from switchd.queue.base import QueueUnavailable
+from switchd.queue.base import Disposition, QueueUnavailable
 from switchd.subscribers import Subscriber
 
 log = structlog.get_logger("switchd.queue.local")
@@ -145,9 +145,11 @@ class LocalQueue:
         }
         return [_job(row, payloads.get(row["event_id"], {})) for row in rows]
 
-    async def settle(self, job: Job, outcome: Outcome) -> None:
+    async def settle(self, job: Job, outcome: Outcome) -> Disposition:
         """Ack a delivered or skipped job, retry a transient failure, bury the rest."""
+        disposition: Disposition = "dead"
         if outcome.kind in ("delivered", "skipped"):
+            disposition = "done"
             statements = [(ACK, (int(job.id), job.extra["lease"]))]
         elif outcome.kind == "transient" and job.rounds < len(self.schedule):
             run_at = time.time() + self._delay(job.rounds, outcome.retry_after)
@@ -155,9 +157,11 @@ class LocalQueue:
             first = job.first_attempt_at or outcome.finished_at
             params = (run_at, job.rounds + 1, attempts, first, outcome.status, outcome.error)
             statements = [(RETRY, (*params, int(job.id), job.extra["lease"]))]
+            disposition = "retry"
         else:
             statements = [bury(job, outcome), (ACK, (int(job.id), job.extra["lease"]))]
         await self.db.write(statements)
+        return disposition
 
     def _delay(self, rounds: int, retry_after: float | None) -> float:
         base = self.schedule[rounds] * random.uniform(1 - JITTER, 1 + JITTER)
@@ -185,10 +189,13 @@ class LocalQueue:
             cursor = await conn.execute(PURGE_EVENTS, (older_than,))
             return cursor.rowcount
 
-    async def depth(self) -> int:
-        """Jobs waiting or in flight."""
-        row = await self.db.fetchone("SELECT COUNT(*) FROM jobs")
-        return int(row[0]) if row else 0
+    async def stats(self) -> tuple[int, float | None]:
+        """Jobs waiting or in flight, and when the oldest of their events arrived."""
+        row = await self.db.fetchone(
+            "SELECT COUNT(*), MIN(events.received_at) "
+            "FROM jobs JOIN events ON events.id = jobs.event_id"
+        )
+        return (int(row[0]), row[1]) if row else (0, None)
 
 
 def _job(row: Any, payload: dict[str, Any]) -> Job:

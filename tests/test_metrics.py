@@ -1,0 +1,72 @@
+"""/metrics parsed with prometheus_client's own parser; counters move as expected."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Running, Sink, StartSwitchd
+
+
+async def scrape(app: Running) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with app.client.get(app.url + "/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_counters_follow_publishes_and_deliveries(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd(retry_schedule=(0.05,), quick_retries=0)
+    await app.add_subscriber(topic="orders", target_url=sink.url("/ok"))
+    await app.add_subscriber(
+        topic="orders", target_url=sink.url("/filtered"), filter_expression='data["body"]["n"] > 0'
+    )
+    before = await scrape(app)
+    assert value(before, "switchd_queue_up", queue="local") == 1
+
+    await app.publish("orders", {"body": {"n": 1}})  # both match
+    await app.publish("orders", {"body": {}})  # filter raises KeyError: one match
+    await app.publish("nobody-listens", {"body": {}})
+    await sink.wait_for(3)
+    sink.script.extend([503, 503])  # one durable retry, then dead
+    await app.publish("orders", {"body": {"n": -1}})
+    for _ in range(100):
+        samples = await scrape(app)
+        if value(samples, "switchd_jobs_settled_total", disposition="dead") >= 1:
+            break
+        await asyncio.sleep(0.05)
+
+    assert value(samples, "switchd_events_published_total", topic="orders") == 3
+    assert value(samples, "switchd_events_published_total", topic="other") == 1
+    assert value(samples, "switchd_events_matched_total", topic="orders") == 4
+    assert value(samples, "switchd_filter_errors_total") == 1
+    assert value(samples, "switchd_deliveries_total", outcome="delivered") == 3
+    assert value(samples, "switchd_deliveries_total", outcome="transient") == 2
+    assert value(samples, "switchd_jobs_settled_total", disposition="done") == 3
+    assert value(samples, "switchd_jobs_settled_total", disposition="retry") == 1
+    assert value(samples, "switchd_jobs_settled_total", disposition="dead") == 1
+    assert value(samples, "switchd_delivery_requests_total", outcome="transient") == 2
+    assert value(samples, "switchd_delivery_latency_seconds_count") == 5
+    assert value(samples, "switchd_publish_latency_seconds_count") == 4
+    assert value(samples, "switchd_queue_depth", queue="local") == 0
+
+
+async def test_queue_depth_and_oldest_age(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd(consumer_concurrency=0)
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    await app.publish("t", {"body": {}})
+    await app.publish("t", {"body": {}})
+    await asyncio.sleep(0.2)
+    samples = await scrape(app)
+    assert value(samples, "switchd_queue_depth", queue="local") == 2
+    assert value(samples, "switchd_queue_oldest_job_age_seconds", queue="local") >= 0.2
