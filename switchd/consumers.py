@@ -15,6 +15,7 @@ from switchd.subscribers import Registry, SubscriberStore
 
 log = structlog.get_logger("switchd.consumers")
 SETTLE_RETRY_SECONDS = 1.0
+FETCH_RETRY_SECONDS = 1.0
 
 
 class ConsumerPool:
@@ -74,7 +75,7 @@ class ConsumerPool:
         task = asyncio.current_task()
         assert task is not None
         while not self._stopping:
-            job = await self.queue.next()
+            job = await self._next()
             self._in_flight[task] = job
             self.metrics.in_flight.inc()
             try:
@@ -86,6 +87,14 @@ class ConsumerPool:
             finally:
                 self._in_flight.pop(task, None)
                 self.metrics.in_flight.dec()
+
+    async def _next(self) -> Job:
+        while True:
+            try:
+                return await self.queue.next()
+            except Exception as exc:  # the store or broker is down: wait, then try again
+                log.warning("fetch_failed", queue=self.queue.name, error=str(exc))
+                await asyncio.sleep(FETCH_RETRY_SECONDS)
 
     async def _process(self, job: Job) -> None:
         outcome = await self.deliverer.deliver(job)

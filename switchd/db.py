@@ -8,7 +8,9 @@ never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -114,6 +116,8 @@ class Database:
         self._flusher: asyncio.Task[None] | None = None
         self.commits = 0  # group commits so far
         self.committed_writes = 0  # write() calls they carried
+        self.last_commit = 0.0  # time.monotonic() of the last group commit
+        self.write_error: str | None = None  # why the last group commit failed, if it did
 
     async def open(self) -> None:
         """Open both connections (WAL, full sync) and apply pending migrations."""
@@ -139,10 +143,12 @@ class Database:
             await writer.execute("BEGIN IMMEDIATE")
             try:
                 yield writer
+                await writer.execute("COMMIT")  # may fail too (disk full): then roll back
             except BaseException:
-                await writer.execute("ROLLBACK")
+                if writer.in_transaction:
+                    with contextlib.suppress(Exception):
+                        await writer.execute("ROLLBACK")
                 raise
-            await writer.execute("COMMIT")
 
     async def write(self, statements: list[Statement]) -> None:
         """Run statements durably; concurrent callers share one transaction and one fsync.
@@ -164,11 +170,26 @@ class Database:
                     for sql, rows in _grouped(s for statements, _ in batch for s in statements):
                         await conn.executemany(sql, rows)
             except Exception as exc:
+                self.write_error = f"{type(exc).__name__}: {exc}"
                 _settle(batch, exc)
             else:
+                self.write_error = None
+                self.last_commit = time.monotonic()
                 self.commits += 1
                 self.committed_writes += len(batch)
                 _settle(batch, None)
+
+    async def check_writable(self, quiet_seconds: float, timeout: float) -> str | None:
+        """None when the database takes writes: trusted from recent commits, else probed."""
+        recent = time.monotonic() - self.last_commit < quiet_seconds
+        if recent and self.write_error is None:
+            return None
+        try:
+            probe = ("INSERT OR REPLACE INTO meta VALUES ('write_probe', ?)", (int(time.time()),))
+            await asyncio.wait_for(self.write([probe]), timeout)
+        except Exception as exc:
+            return f"database not writable: {exc or type(exc).__name__}"
+        return None
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         """Read committed rows on the reader connection."""

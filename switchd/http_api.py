@@ -21,6 +21,7 @@ from switchd.subscribers import validate_fields
 log = structlog.get_logger("switchd.http")
 SERVICE: web.AppKey[Switchd] = web.AppKey("switchd", Switchd)
 MAX_ADMIN_BODY = 64 * 1024
+READ_CHUNK = 64 * 1024
 
 
 def json_response(
@@ -78,10 +79,14 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The request body, or 413 when it exceeds `limit` bytes."""
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise _too_large(limit)
-    return body
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _too_large(limit: int) -> ApiError:

@@ -29,6 +29,7 @@ from switchd.subscribers import Registry, SubscriberStore
 log = structlog.get_logger("switchd.service")
 RELOAD_POLL_SECONDS = 1.0
 PURGE_SECONDS = 600.0
+WRITE_PROBE_QUIET_SECONDS = 5.0  # readiness probes a write when none committed lately
 
 
 class Switchd:
@@ -149,6 +150,9 @@ class Switchd:
             await asyncio.wait_for(self.db.fetchone("SELECT 1"), timeout=2)
         except Exception as exc:
             reasons.append(f"database: {exc or type(exc).__name__}")
+        write_problem = await self.db.check_writable(WRITE_PROBE_QUIET_SECONDS, timeout=2)
+        if write_problem:
+            reasons.append(write_problem)
         queue_problem = await self.queue.check()
         if queue_problem:
             reasons.append(queue_problem)

@@ -235,26 +235,6 @@ async def test_change_by_another_writer_reaches_publish_path(
     await sink.wait_for(1)
 
 
-async def test_store_locked_beyond_busy_timeout_answers_503(
-    start_switchd: StartSwitchd, sink: Sink, monkeypatch
-):
-    monkeypatch.setattr("switchd.db.BUSY_TIMEOUT_MS", 200)
-    app = await start_switchd(consumer_concurrency=0)
-    await app.add_subscriber(topic="t", target_url=sink.url())
-    locker = sqlite3.connect(app.service.settings.db_name, isolation_level=None)
-    try:
-        locker.execute("BEGIN EXCLUSIVE")
-        status, body = await app.publish("t", {"body": {}})
-        assert status == 503 and body["error"]["code"] == "queue_unavailable"
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
-    assert await app.count("jobs") == 0 and await app.count("events") == 0
-    status, _ = await app.publish("t", {"body": {}})
-    assert status == 202
-    assert await app.count("jobs") == 1
-
-
 async def test_refresh_reloads_subscribers(start_switchd: StartSwitchd, sink: Sink):
     app = await start_switchd()
     await app.add_subscriber(topic="t", target_url=sink.url())
