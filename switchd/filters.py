@@ -176,12 +176,11 @@ class CompiledFilter:
     tree: ast.expr | None  # None: matches everything
     errors: int = 0
     on_error: Callable[[], None] | None = field(default=None, repr=False, compare=False)
-    _evaluator: _Evaluator = field(default_factory=_Evaluator, repr=False)
 
     def matches(self, data: dict[str, Any]) -> bool:
         """True when the expression is truthy for `data`; any error counts as no match."""
         try:
-            return self._evaluate(self._evaluator, data)
+            return self._evaluate(_SHARED, data)
         except Exception as exc:
             self.errors += 1
             if self.on_error is not None:
@@ -204,6 +203,9 @@ class CompiledFilter:
             return bool(evaluator.eval(self.source, previously_parsed=self.tree))
         finally:
             evaluator.names = {}
+
+
+_SHARED = _Evaluator()  # evaluation is synchronous, so one evaluator serves every filter
 
 
 def compile_filter(expression: str | None) -> CompiledFilter:

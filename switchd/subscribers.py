@@ -18,6 +18,7 @@ import structlog
 
 from switchd.db import Database
 from switchd.errors import InvalidInput
+from switchd.filter_index import TopicIndex
 from switchd.filters import CompiledFilter, FilterError, compile_filter
 from switchd.payload import validate_topic
 
@@ -239,6 +240,7 @@ class Registry:
         self.on_filter_error = on_filter_error
         self.by_id: dict[str, Subscriber] = {}
         self.by_topic: dict[str, list[Subscriber]] = {}
+        self._indexes: dict[str, TopicIndex] = {}
         self._compiled: dict[str, CompiledFilter] = {}
         self._version = -1
         self._lock = asyncio.Lock()
@@ -269,6 +271,7 @@ class Registry:
             if subscriber.enabled:
                 by_topic.setdefault(subscriber.topic, []).append(subscriber)
         self.by_id, self.by_topic = by_id, by_topic
+        self._indexes = {topic: TopicIndex(subs) for topic, subs in by_topic.items()}
 
     def _subscriber(self, row: dict[str, Any], cache: dict[str, CompiledFilter]) -> Subscriber:
         source = row["filter_expression"]
@@ -285,7 +288,8 @@ class Registry:
 
     def matching(self, topic: str, payload: dict[str, Any]) -> list[Subscriber]:
         """Enabled subscribers of `topic` whose filter accepts `payload`."""
-        return [s for s in self.by_topic.get(topic, ()) if s.compiled.matches(payload)]
+        index = self._indexes.get(topic)
+        return index.matching(payload) if index is not None else []  # type: ignore[return-value]
 
     def topic_label(self, topic: str) -> str:
         """`topic` if some enabled subscriber listens to it, else "other" (bounded labels)."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from switchd import filters
 from switchd.filters import CompiledFilter, FilterError, compile_filter
 
 SEED = (
@@ -172,7 +173,7 @@ def test_compiled_filter_is_reusable_across_payloads() -> None:
 def test_data_name_is_not_left_behind_between_evaluations() -> None:
     compiled = compile_filter('data["k"] == 1')
     assert compiled.matches({"k": 1}) is True
-    assert compiled._evaluator.names == {}
+    assert filters._SHARED.names == {}
 
 
 def test_filter_error_is_a_value_error() -> None:
