@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STATE := .state
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run sink test lint format clean
+.PHONY: run sink test bench lint format clean
 
 $(BIN)/switchd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: $(BIN)/switchd
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
+
+bench: $(BIN)/switchd
+	$(BIN)/python bench/run.py
 
 lint: $(BIN)/switchd
 	$(BIN)/ruff check .

@@ -1,20 +1,24 @@
 """A local HTTP sink that answers 200 to everything; prints each request unless --quiet.
 
-Used by the README's walkthrough (`make sink`) and by the benchmarks.
+Used by the README's walkthrough (`make sink`) and by the benchmarks, which read how many
+requests arrived from `GET /_stats` (that path is not counted).
 """
 
 from __future__ import annotations
 
 import argparse
 
+import orjson
 from aiohttp import web
 
 
 def make_app(quiet: bool) -> web.Application:
-    """An app that records nothing and answers every request with 200."""
+    """An app that counts requests and answers every one with 200."""
+    received = {"requests": 0}
 
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
+        received["requests"] += 1
         if not quiet:
             switch = {
                 k: v
@@ -27,7 +31,11 @@ def make_app(quiet: bool) -> web.Application:
             )
         return web.Response(text="ok")
 
+    async def stats(request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(received), content_type="application/json")
+
     app = web.Application()
+    app.router.add_get("/_stats", stats)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 
