@@ -140,14 +140,15 @@ class Database:
         """A write transaction of its own (BEGIN IMMEDIATE … COMMIT, rollback on error)."""
         writer = self._require(self._writer)
         async with self._lock:
-            await writer.execute("BEGIN IMMEDIATE")
             try:
+                await writer.execute("BEGIN IMMEDIATE")
                 yield writer
                 await writer.execute("COMMIT")  # may fail too (disk full): then roll back
             except BaseException:
-                if writer.in_transaction:
-                    with contextlib.suppress(Exception):
-                        await writer.execute("ROLLBACK")
+                # Also when cancelled: statements already handed to aiosqlite still run, in
+                # order, so a ROLLBACK queued now ends whatever transaction they opened.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(writer.execute("ROLLBACK"))
                 raise
 
     async def write(self, statements: list[Statement]) -> None:

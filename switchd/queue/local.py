@@ -114,7 +114,14 @@ class LocalQueue:
 
     async def _refill(self) -> None:
         self._wake.clear()
-        jobs = await self.lease(self._waiting, self.lease_seconds)
+        leasing = asyncio.ensure_future(self.lease(self._waiting, self.lease_seconds))
+        try:
+            jobs = await asyncio.shield(leasing)
+        except asyncio.CancelledError:
+            # Shutdown: keep what was leased in the buffer so release() hands it back.
+            with contextlib.suppress(Exception):
+                self._buffer.extend(await leasing)
+            raise
         if jobs:
             self._buffer.extend(jobs)
             return
