@@ -148,7 +148,7 @@ def _caller_headers(headers: dict[str, Any]) -> dict[str, str]:
     clean: dict[str, str] = {}
     for name, value in headers.items():
         text = scalar_text(value)
-        if name.lower() in DROPPED_HEADERS or not HEADER_NAME.match(str(name)):
+        if name.lower() in DROPPED_HEADERS or not HEADER_NAME.fullmatch(str(name)):
             continue
         if CONTROL_CHARS.search(text.replace("\t", " ")):
             continue
@@ -178,7 +178,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -128,6 +128,18 @@ def _repeat_length(a: Any, b: Any) -> int:
     return 0
 
 
+def _modulo(a: Any, b: Any) -> Any:
+    if isinstance(a, str | bytes):  # printf-style formatting can build huge strings
+        raise simpleeval.FeatureNotAvailable("string formatting with % is not allowed")
+    return operator.mod(a, b)
+
+
+def _round(number: Any, ndigits: int | None = None) -> Any:
+    if ndigits is not None and not (isinstance(ndigits, int) and abs(ndigits) <= 30):
+        raise simpleeval.FeatureNotAvailable("round() takes ndigits between -30 and 30")
+    return round(number, ndigits)
+
+
 OPERATORS = dict(simpleeval.DEFAULT_OPERATORS)
 OPERATORS.update(
     {
@@ -135,6 +147,7 @@ OPERATORS.update(
         ast.Mult: _checked(operator.mul),
         ast.Add: _checked(operator.add),
         ast.LShift: _checked(operator.lshift),
+        ast.Mod: _modulo,
     }
 )
 
@@ -149,7 +162,7 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "max": max,
     "any": any,
     "all": all,
-    "round": round,
+    "round": _round,
 }
 NAMES = ("data", "True", "False", "None")
 

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from switchd.auth import AuthError, Principal, bearer_token, verify
 from switchd.dead_letters import DeadFilter, ReplayRefused
@@ -81,11 +82,14 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(READ_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except RequestPayloadError as exc:  # e.g. a body that is not what Content-Encoding says
+        raise InvalidInput(f"cannot read the body: {exc.args[0] if exc.args else exc}") from exc
     return b"".join(chunks)
 
 
@@ -214,14 +218,14 @@ def _int_param(request: web.Request, name: str, default: int | None) -> int | No
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise InvalidInput(f"'{name}' must be a non-negative integer")
     return int(raw)
 
 
 def _dead_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(404, "not_found", f"no dead letter {raw!r}")
     return int(raw)
 
@@ -307,6 +311,14 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready"})
 
 
+async def openapi_json(request: web.Request) -> web.Response:
+    """GET /openapi.json: the OpenAPI document of this API (no auth)."""
+    from switchd import __version__  # imported here: switchd.openapi imports this module
+    from switchd.openapi import document
+
+    return json_response(document(__version__))
+
+
 def create_app(service: Switchd) -> web.Application:
     """The aiohttp application serving `service`."""
     app = web.Application(
@@ -328,4 +340,5 @@ def create_app(service: Switchd) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
     return app

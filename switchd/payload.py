@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import unicodedata
 from typing import Any
 
 import orjson
@@ -13,9 +14,12 @@ from switchd.errors import InvalidInput
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 MAX_TOPIC_LENGTH = 255
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")  # use with fullmatch
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 Scalar = str | int | float | bool | None
+MAX_HEADERS = 100
+MAX_HEADER_VALUE = 8192
+MAX_DEPTH = 64  # orjson writes at most 255 levels; deliveries never need this many
 
 
 def parse_publish(raw: bytes) -> tuple[str, dict[str, Any]]:
@@ -27,6 +31,10 @@ def parse_publish(raw: bytes) -> tuple[str, dict[str, Any]]:
     if not isinstance(document, dict):
         raise InvalidInput("body must be a JSON object", "invalid_json")
     fields = {str(k).lower(): v for k, v in document.items()}
+    if len(fields) != len(document):
+        raise InvalidInput(
+            "body repeats a key in another case (e.g. Topic and topic)", "invalid_json"
+        )
     topic = validate_topic(fields.get("topic"))
     if "payload" not in fields:
         raise InvalidInput("'payload' is required", "invalid_payload")
@@ -39,8 +47,10 @@ def validate_topic(topic: object) -> str:
         raise InvalidInput("'topic' must be a string", "invalid_topic")
     if not 1 <= len(topic) <= MAX_TOPIC_LENGTH:
         raise InvalidInput(f"'topic' must be 1..{MAX_TOPIC_LENGTH} characters", "invalid_topic")
-    if CONTROL_CHARS.search(topic):
-        raise InvalidInput("'topic' must not contain control characters", "invalid_topic")
+    if CONTROL_CHARS.search(topic) or any(unicodedata.category(c) == "Cf" for c in topic):
+        raise InvalidInput(
+            "'topic' must not contain control or format (e.g. bidi) characters", "invalid_topic"
+        )
     return topic
 
 
@@ -67,6 +77,8 @@ def decode_payload(value: object) -> dict[str, Any]:
 
 def validate_payload(payload: dict[str, Any]) -> dict[str, Any]:
     """Check the delivery fields; normalise `http_method` to upper case."""
+    if _deeper_than(payload, MAX_DEPTH):
+        raise InvalidInput(f"'payload' is nested deeper than {MAX_DEPTH} levels", "invalid_payload")
     _check_headers(payload.get("headers"))
     _check_scalar_map(payload.get("path_params"), "path_params", lists=False)
     _check_scalar_map(payload.get("query_params"), "query_params", lists=True)
@@ -78,6 +90,21 @@ def validate_payload(payload: dict[str, Any]) -> dict[str, Any]:
             )
         payload["http_method"] = method.upper()
     return payload
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    level: list[object] = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _is_scalar(value: object) -> bool:
@@ -98,10 +125,17 @@ def _check_scalar_map(value: object, name: str, lists: bool) -> None:
 
 def _check_headers(headers: object) -> None:
     _check_scalar_map(headers, "headers", lists=False)
+    if headers and len(headers) > MAX_HEADERS:  # type: ignore[arg-type]
+        raise InvalidInput(f"at most {MAX_HEADERS} headers", "invalid_header")
     for name, value in (headers or {}).items():  # type: ignore[union-attr]
-        if not HEADER_NAME.match(name):
+        if not HEADER_NAME.fullmatch(name):
             raise InvalidInput(f"header name {name!r} is not a valid token", "invalid_header")
-        if CONTROL_CHARS.search(scalar_text(value).replace("\t", " ")):
+        text = scalar_text(value)
+        if len(text) > MAX_HEADER_VALUE:
+            raise InvalidInput(
+                f"header {name!r} is longer than {MAX_HEADER_VALUE} characters", "invalid_header"
+            )
+        if CONTROL_CHARS.search(text.replace("\t", " ")):
             raise InvalidInput(
                 f"header {name!r} contains control characters (CR/LF)", "invalid_header"
             )

@@ -20,7 +20,7 @@ from switchd.db import Database
 from switchd.errors import InvalidInput
 from switchd.filter_index import TopicIndex
 from switchd.filters import CompiledFilter, FilterError, compile_filter
-from switchd.payload import validate_topic
+from switchd.payload import CONTROL_CHARS, validate_topic
 
 log = structlog.get_logger("switchd.subscribers")
 
@@ -85,8 +85,12 @@ def validate_url(url: object) -> str:
         raise InvalidInput(f"'target_url' is not a valid URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput("'target_url' must be an absolute http:// or https:// URL")
-    if any(c.isspace() or ord(c) < 32 for c in url):
+    if any(c.isspace() for c in url) or CONTROL_CHARS.search(url):
         raise InvalidInput("'target_url' must not contain whitespace or control characters")
+    if not url.isascii():
+        raise InvalidInput(
+            "'target_url' must be ASCII: percent-encode the path, use punycode for the host"
+        )
     return url
 
 
