@@ -14,7 +14,7 @@ from switchd.dead_letters import DeadFilter, ReplayRefused
 from switchd.errors import ApiError, InvalidInput
 from switchd.idempotency import fingerprint, validate_key
 from switchd.metrics import CONTENT_TYPE
-from switchd.payload import parse_publish
+from switchd.payload import load_json_object, parse_publish
 from switchd.queue.base import QueueUnavailable
 from switchd.service import Switchd
 from switchd.subscribers import validate_fields
@@ -99,14 +99,7 @@ def _too_large(limit: int) -> ApiError:
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """An admin request's JSON object body."""
-    raw = await read_body(request, MAX_ADMIN_BODY)
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"body is not valid JSON: {exc}", "invalid_json") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput("body must be a JSON object", "invalid_json")
-    return data
+    return load_json_object(await read_body(request, MAX_ADMIN_BODY))
 
 
 async def publish(request: web.Request) -> web.Response:

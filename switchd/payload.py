@@ -22,14 +22,20 @@ MAX_HEADER_VALUE = 8192
 MAX_DEPTH = 64  # orjson writes at most 255 levels; deliveries never need this many
 
 
-def parse_publish(raw: bytes) -> tuple[str, dict[str, Any]]:
-    """Return (topic, payload) from a request body, or raise InvalidInput."""
+def load_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object."""
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}", "invalid_json") from exc
     if not isinstance(document, dict):
         raise InvalidInput("body must be a JSON object", "invalid_json")
+    return document
+
+
+def parse_publish(raw: bytes) -> tuple[str, dict[str, Any]]:
+    """Return (topic, payload) from a request body, or raise InvalidInput."""
+    document = load_json_object(raw)
     fields = {str(k).lower(): v for k, v in document.items()}
     if len(fields) != len(document):
         raise InvalidInput(

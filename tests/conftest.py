@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -204,3 +206,33 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+_FILTER_CHILD = r"""
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from switchd.filters import compile_filter, FilterError
+try:
+    compiled = compile_filter(sys.argv[1])
+except FilterError:
+    print("rejected")
+else:
+    print("matched" if compiled.matches(json.loads(sys.argv[2])) else "no-match")
+"""
+
+
+def evaluate_in_child(expression: str, data: dict[str, Any], seconds: float = 5.0) -> str:
+    """Compile and evaluate a filter in a child process (2 GiB cap): "rejected",
+    "matched", "no-match", or "timeout" when it runs longer than `seconds`."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _FILTER_CHILD, expression, orjson.dumps(data).decode()],
+            capture_output=True,
+            text=True,
+            timeout=seconds,
+        )
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()  # log lines may precede the verdict
+    return lines[-1] if lines else ""

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
 from switchd import filters
 from switchd.filters import CompiledFilter, FilterError, compile_filter
+from tests.conftest import evaluate_in_child
 
 SEED = (
     'data["body"]["x"] == 1 and data["headers"]["y"] == "z" '
@@ -328,32 +327,9 @@ def test_long_expression_at_the_limit_is_allowed() -> None:
 # --- work bounds that need a watchdog ----------------------------------------------------------
 # These run in a child process: if the bound is missing they would hang or exhaust memory.
 
-_CHILD = r"""
-import resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-from switchd.filters import compile_filter, FilterError
-try:
-    compiled = compile_filter(sys.argv[1])
-except FilterError:
-    print("rejected")
-else:
-    print("matched" if compiled.matches({"body": {}}) else "no-match")
-"""
-
 
 def run_bounded(expression: str, seconds: float = 5.0) -> str:
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", _CHILD, expression],
-            capture_output=True,
-            text=True,
-            timeout=seconds,
-        )
-    except subprocess.TimeoutExpired:
-        return "timeout"
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.strip().splitlines()  # log lines may precede the verdict
-    return lines[-1] if lines else ""
+    return evaluate_in_child(expression, {"body": {}}, seconds)
 
 
 def test_watchdog_sees_ordinary_results() -> None:

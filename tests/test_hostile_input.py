@@ -26,8 +26,6 @@ import base64
 import gzip
 import hashlib
 import hmac
-import subprocess
-import sys
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -43,7 +41,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from switchd.auth import mint
-from tests.conftest import SECRET, Running, Sink, StartSwitchd
+from tests.conftest import SECRET, Running, Sink, StartSwitchd, evaluate_in_child
 
 ADMIN = "Bearer " + mint(SECRET, "ops", admin=True)
 PUBLISHER = "Bearer " + mint(SECRET, "svc")
@@ -830,34 +828,6 @@ async def test_fullwidth_data_is_just_data(start_switchd: StartSwitchd, sink: Si
 
 # The event loop runs filters: an evaluation that never ends stops the whole process, so these
 # run in a child process with a watchdog.
-_CHILD = r"""
-import resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-from switchd.filters import compile_filter, FilterError
-try:
-    compiled = compile_filter(sys.argv[1])
-except FilterError:
-    print("rejected")
-else:
-    print("matched" if compiled.matches({"body": {"x": -10**18}}) else "no-match")
-"""
-
-
-def evaluate_in_child(expression: str, seconds: float = 3.0) -> str:
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", _CHILD, expression],
-            capture_output=True,
-            text=True,
-            timeout=seconds,
-        )
-    except subprocess.TimeoutExpired:
-        return "timeout"
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.strip().splitlines()
-    return lines[-1] if lines else ""
-
-
 ROUND_BOMB = (
     "round() is a helper and int.__round__ with a huge negative ndigits computes 10**-ndigits: "
     "round(1, -10**7) takes ~14 s, round(1, -10**9) never ends, blocking the event loop; also "
@@ -875,4 +845,8 @@ ROUND_BOMB = (
     ],
 )  # fmt: skip
 def test_filter_evaluation_terminates(expression: str) -> None:
-    assert evaluate_in_child(expression) in ("rejected", "no-match", "matched")
+    assert evaluate_in_child(expression, {"body": {"x": -(10**18)}}, 3.0) in (
+        "rejected",
+        "no-match",
+        "matched",
+    )
