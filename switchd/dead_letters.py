@@ -149,21 +149,24 @@ async def replay(
     queue: JobQueue,
     subscribers: Callable[[str | None], Subscriber | None],
     records: list[dict[str, Any]],
+    strict: bool = False,
 ) -> int:
     """Enqueue a fresh delivery of each record (same event id) and mark it replayed.
 
-    Records whose subscriber was deleted or is disabled are refused: with one record the
-    caller gets ReplayRefused; in bulk they are skipped. Returns how many were replayed.
+    Records whose subscriber was deleted or is disabled cannot be replayed: they are
+    skipped, or with `strict` the first one raises ReplayRefused before anything is
+    enqueued. Returns how many were replayed.
     """
-    replayed: list[int] = []
+    replayable: list[tuple[dict[str, Any], Subscriber]] = []
     for record in records:
         subscriber = subscribers(record["subscriber_id"])
         problem = _replay_problem(record, subscriber)
-        if problem:
-            if len(records) == 1:
-                raise ReplayRefused(problem)
-            continue
-        assert subscriber is not None
+        if problem and strict:
+            raise ReplayRefused(problem)
+        if subscriber is not None and not problem:
+            replayable.append((record, subscriber))
+    replayed: list[int] = []
+    for record, subscriber in replayable:
         await queue.enqueue(_event(record), [subscriber])
         replayed.append(record["id"])
     if replayed:

@@ -251,7 +251,7 @@ async def replay_dead(request: web.Request) -> web.Response:
     if record is None:
         raise ApiError(404, "not_found", f"no dead letter {request.match_info['id']!r}")
     try:
-        count = await service.replay([record])
+        count = await service.replay([record], strict=True)
     except ReplayRefused as exc:
         raise ApiError(409, "replay_refused", str(exc)) from exc
     except QueueUnavailable as exc:

@@ -162,9 +162,9 @@ class Switchd:
         if await self.registry.reload_if_changed():
             log.info("subscribers_reloaded", count=len(self.registry.by_id))
 
-    async def replay(self, records: list[dict[str, Any]]) -> int:
+    async def replay(self, records: list[dict[str, Any]], strict: bool = False) -> int:
         """Enqueue dead letters again (see dead_letters.replay)."""
-        return await replay(self.dead_letters, self.queue, self.registry.get, records)
+        return await replay(self.dead_letters, self.queue, self.registry.get, records, strict)
 
     async def _purge(self) -> None:
         cutoff = time.time() - self.settings.log_retention

@@ -80,7 +80,7 @@ async def _replay(
     records = await store.with_payloads(where)
     queue = LocalQueue(db, Settings(jwt_secret="unused", db_name=db.path))
     try:
-        count = await replay(store, queue, registry.get, records)
+        count = await replay(store, queue, registry.get, records, strict=len(where.ids) == 1)
     except ReplayRefused as exc:
         raise CommandFailed(str(exc)) from exc
     skipped = len(records) - count

@@ -1,0 +1,765 @@
+"""The OpenAPI 3.1 document served at `GET /openapi.json` (DESIGN §4).
+
+Built as a plain dict from small helpers so each route reads as one short table entry.
+Limits come from the modules that enforce them, so the document cannot drift from them.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from switchd.dead_letters import MAX_PAGE
+from switchd.filters import MAX_EXPRESSION_LENGTH
+from switchd.http_api import MAX_ADMIN_BODY
+from switchd.idempotency import MAX_KEY_LENGTH
+from switchd.payload import (
+    HEADER_NAME,
+    HTTP_METHODS,
+    MAX_DEPTH,
+    MAX_HEADER_VALUE,
+    MAX_HEADERS,
+    MAX_TOPIC_LENGTH,
+)
+from switchd.subscribers import MAX_DESCRIPTION_LENGTH, MAX_URL_LENGTH, SECRET_PREFIX
+
+Schema = dict[str, Any]
+
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f-\x9f]*$"  # as payload.CONTROL_CHARS
+NO_CONTROL_CHARS_BUT_TAB = r"^[^\x00-\x08\x0a-\x1f\x7f-\x9f]*$"
+MAX_ID_DIGITS = 18  # http_api: longer numeric ids and cursors are refused
+
+ADMIN_NOTE = "**Admin only**: needs a token whose `scope` claim holds `admin` (403 otherwise)."
+ANY_TOKEN_NOTE = "Any valid token (the seed SDKs' tokens, with only an `Author` claim, work)."
+ADMIN_BODY_NOTE = f"Body limit {MAX_ADMIN_BODY} bytes (413 above it)."
+
+INTRO = """\
+switchd accepts events published on a topic and delivers each one durably over HTTP to
+every enabled subscriber of that topic whose filter matches.
+
+**Auth**: `Authorization: Bearer <JWT>` (the scheme is case-insensitive), HS256 signed with
+`SWITCH_JWT_SECRET`; `exp`/`nbf` are checked when present; the author is the claim
+`author` or `Author`. Management endpoints need a token whose `scope` claim (a
+space-separated string or a list) holds `admin`. A missing or invalid token gets 401 with
+`WWW-Authenticate: Bearer`; a valid token without the admin scope gets 403.
+
+**Errors** are always JSON: `{"error": {"code": "...", "message": "..."}}`. An unknown
+path gets 404 `not_found`; a method a path does not support gets 405
+`method_not_allowed` with an `Allow` header; an unexpected fault gets 500
+`internal_error` (a bug: please report it).
+
+Every GET path also answers HEAD (same status and headers, no body).
+"""
+
+
+# --- small builders -------------------------------------------------------------------
+
+
+def ref(name: str, kind: str = "schemas") -> Schema:
+    """A `$ref` to a component."""
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def obj(
+    properties: dict[str, Schema],
+    required: tuple[str, ...] | None = None,
+    closed: bool = True,
+    **extra: Any,
+) -> Schema:
+    """An object schema; every property is required unless `required` says otherwise."""
+    schema: Schema = {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties if required is None else required),
+        **extra,
+    }
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def string(description: str = "", **extra: Any) -> Schema:
+    """A string schema."""
+    return {"type": "string", **({"description": description} if description else {}), **extra}
+
+
+def nullable(schema: Schema) -> Schema:
+    """`schema` or null (JSON Schema 2020-12 style, as OpenAPI 3.1 uses)."""
+    kind = schema["type"]
+    return {**schema, "type": [*(kind if isinstance(kind, list) else [kind]), "null"]}
+
+
+def timestamp(description: str) -> Schema:
+    """Seconds since the Unix epoch."""
+    return {"type": "number", "description": f"{description} (Unix time, seconds)"}
+
+
+def any_case(words: tuple[str, ...]) -> str:
+    """A pattern matching any of `words` in any letter case (ECMA regexes lack `(?i)`)."""
+    spelled = ("".join(f"[{c.upper()}{c.lower()}]" for c in word) for word in words)
+    return "^(" + "|".join(spelled) + ")$"
+
+
+def json_content(schema: Schema) -> dict[str, Any]:
+    """A JSON media type map."""
+    return {"application/json": {"schema": schema}}
+
+
+def response(description: str, schema: Schema | None = None, **headers: Schema) -> Schema:
+    """A response object; `schema` is its JSON body, `headers` its documented headers."""
+    answer: Schema = {"description": description}
+    if schema is not None:
+        answer["content"] = json_content(schema)
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+def header(description: str, schema: Schema, required: bool = False) -> Schema:
+    """A header object (for responses and parameters alike)."""
+    return {"description": description, "required": required, "schema": schema}
+
+
+def error_response(description: str, codes: tuple[str, ...], **headers: Schema) -> Schema:
+    """An error response: the Error body, its possible codes named in the description."""
+    listed = ", ".join(f"`{code}`" for code in codes)
+    return response(f"{description} Codes: {listed}.", ref("Error"), **headers)
+
+
+def param(name: str, where: str, schema: Schema, description: str, **extra: Any) -> Schema:
+    """A parameter object."""
+    return {"name": name, "in": where, "schema": schema, "description": description, **extra}
+
+
+def query(name: str, schema: Schema, description: str) -> Schema:
+    """An optional query parameter."""
+    return param(name, "query", schema, description, required=False)
+
+
+def body(schema: Schema, description: str) -> Schema:
+    """A required JSON request body (Content-Type is not checked by the server)."""
+    return {"required": True, "description": description, "content": json_content(schema)}
+
+
+def operation(
+    operation_id: str,
+    summary: str,
+    tag: str,
+    auth: str | None,
+    responses: dict[str, Schema],
+    errors: tuple[int, ...] = (),
+    description: str = "",
+    **extra: Any,
+) -> Schema:
+    """An operation; `auth` is None, "token" or "admin" and adds the 401/403 answers."""
+    notes = {None: "No authentication.", "token": ANY_TOKEN_NOTE, "admin": ADMIN_NOTE}[auth]
+    statuses = {*errors, 500}
+    if auth:
+        statuses.add(401)
+    if auth == "admin":
+        statuses.add(403)
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "description": f"{description}\n\n{notes}".strip(),
+        "tags": [tag],
+        "security": [{"bearerAuth": []}] if auth else [],
+        **extra,
+        "responses": {
+            **responses,
+            **{str(status): ref(str(status), "responses") for status in sorted(statuses)},
+        },
+    }
+
+
+# --- components -----------------------------------------------------------------------
+
+
+def scalar() -> Schema:
+    """What headers, path and query parameters hold."""
+    return {"type": ["string", "number", "boolean", "null"]}
+
+
+def topic_schema() -> Schema:
+    """A topic, as `payload.validate_topic` accepts it."""
+    return string(
+        f"1..{MAX_TOPIC_LENGTH} characters, no control characters and no Unicode format "
+        "characters (category Cf, e.g. bidi controls).",
+        minLength=1,
+        maxLength=MAX_TOPIC_LENGTH,
+        pattern=NO_CONTROL_CHARS,
+    )
+
+
+def publish_payload() -> Schema:
+    """The event payload: how to deliver it, plus any fields filters may look at."""
+    header_value = {
+        "anyOf": [
+            string(maxLength=MAX_HEADER_VALUE, pattern=NO_CONTROL_CHARS_BUT_TAB),
+            {"type": ["number", "boolean", "null"]},
+        ],
+        "description": "A scalar; strings must not hold control characters (CR/LF) but tab.",
+    }
+    return obj(
+        {
+            "body": {"description": "Any JSON: the body the subscriber receives."},
+            "headers": nullable(
+                {
+                    "type": "object",
+                    "description": "Headers added to the delivery (names are HTTP tokens).",
+                    "maxProperties": MAX_HEADERS,
+                    "propertyNames": string(pattern=f"^({HEADER_NAME.pattern})$"),
+                    "additionalProperties": header_value,
+                }
+            ),
+            "query_params": nullable(
+                {
+                    "type": "object",
+                    "description": "Query parameters added to the target URL.",
+                    "additionalProperties": {
+                        "anyOf": [scalar(), {"type": "array", "items": scalar()}]
+                    },
+                }
+            ),
+            "path_params": nullable(
+                {
+                    "type": "object",
+                    "description": "Values for `:name` placeholders in the target URL.",
+                    "additionalProperties": scalar(),
+                }
+            ),
+            "http_method": nullable(
+                string(
+                    f"Delivery method, any letter case: {', '.join(HTTP_METHODS)}. Default POST.",
+                    pattern=any_case(HTTP_METHODS),
+                )
+            ),
+        },
+        required=(),
+        closed=False,
+        description=(
+            f"Nested at most {MAX_DEPTH} levels. Other fields are kept and visible to filters."
+        ),
+    )
+
+
+def publish_request() -> Schema:
+    """The `/publish` body (seed-compatible)."""
+    return obj(
+        {
+            "topic": topic_schema(),
+            "payload": {
+                "oneOf": [
+                    ref("PublishPayload"),
+                    string(
+                        "Base64 (standard alphabet) of a JSON object with the "
+                        "PublishPayload fields: what the seed SDKs send.",
+                        contentEncoding="base64",
+                        contentMediaType="application/json",
+                    ),
+                ]
+            },
+        },
+        closed=False,
+        description=(
+            "Keys are matched case-insensitively: the seed SDKs send `Topic` and `Payload`. "
+            "A key given twice in different cases (e.g. `Topic` and `topic`) is refused "
+            "(400 `invalid_json`). Other keys are ignored."
+        ),
+    )
+
+
+def subscriber_fields() -> dict[str, Schema]:
+    """The editable subscriber fields as create and update accept them."""
+    return {
+        "topic": topic_schema(),
+        "target_url": string(
+            "Absolute http:// or https:// URL with a host; ASCII only (percent-encode the "
+            "path, punycode the host), no whitespace or control characters. `:name` "
+            "segments are filled from the payload's `path_params`.",
+            format="uri",
+            minLength=1,
+            maxLength=MAX_URL_LENGTH,
+            pattern="^[Hh][Tt][Tt][Pp][Ss]?://[!-~]+$",
+        ),
+        "filter_expression": nullable(
+            string(
+                "A filter over the payload (DESIGN §5); it must compile, else 400 "
+                "`invalid_filter` naming the error. Null or blank means `True`.",
+                maxLength=MAX_EXPRESSION_LENGTH,
+            )
+        ),
+        "enabled": {"type": "boolean", "description": "Re-enabling clears `disabled_reason`."},
+        "secret": {
+            "description": (
+                "Signing secret (Standard Webhooks): `true` generates one, `null` or `false` "
+                f"removes it, or a `{SECRET_PREFIX}` + base64 string of 24..64 bytes. "
+                "Shown only in the response to the request that set it."
+            ),
+            "anyOf": [
+                {"type": ["boolean", "null"]},
+                string(pattern=f"^{SECRET_PREFIX}[A-Za-z0-9+/]+={{0,2}}$"),
+            ],
+        },
+        "description": string(maxLength=MAX_DESCRIPTION_LENGTH),
+    }
+
+
+def subscriber() -> Schema:
+    """A subscriber as the API shows it; `secret` only in the answer that set it."""
+    properties: dict[str, Schema] = {
+        "id": string(format="uuid"),
+        "topic": topic_schema(),
+        "target_url": string(),
+        "filter_expression": string(),
+        "enabled": {"type": "boolean"},
+        "disabled_reason": nullable(string("Why switchd turned it off, if it did.")),
+        "has_secret": {"type": "boolean"},
+        "description": string(),
+        "created_at": timestamp("Creation time"),
+        "updated_at": timestamp("Last change"),
+    }
+    required = tuple(properties)
+    properties["secret"] = nullable(string("The signing secret, shown once."))
+    return obj(properties, required=required)
+
+
+def dead_letter(with_payload: bool) -> Schema:
+    """A dead letter: a delivery that failed for good (with its payload when shown alone)."""
+    properties: dict[str, Schema] = {
+        "id": {"type": "integer"},
+        "event_id": string(),
+        "subscriber_id": nullable(string()),
+        "topic": string(),
+        "author": string(),
+        "target_url": string(),
+        "filter_expression": string(),
+        "attempts": {"type": "integer", "description": "HTTP requests made in all."},
+        "last_status": nullable({"type": "integer", "description": "Last HTTP status, if any."}),
+        "last_error": nullable(string()),
+        "first_attempt_at": nullable(timestamp("First attempt")),
+        "last_attempt_at": nullable(timestamp("Last attempt")),
+        "dead_at": timestamp("When it was declared dead"),
+        "replayed_at": nullable(timestamp("Last replay; null if never replayed")),
+    }
+    if with_payload:
+        properties["payload"] = {"type": "object", "description": "The event payload."}
+    return obj(properties)
+
+
+def dead_filter_fields() -> dict[str, Schema]:
+    """Filters shared by `GET /dead` (query) and `POST /dead/replay` (body)."""
+    return {
+        "subscriber_id": string("Only this subscriber's dead letters."),
+        "topic": string("Only this topic's dead letters."),
+        "event_id": string("Only this event's dead letters."),
+        "replayed": {"type": "boolean", "description": "Only replayed (true) or not (false)."},
+    }
+
+
+def bulk_replay_request() -> Schema:
+    """The `POST /dead/replay` body: the `GET /dead` filters, null meaning absent."""
+    fields = {name: nullable(schema) for name, schema in dead_filter_fields().items()}
+    fields["replayed"] = {
+        "anyOf": [fields["replayed"], string(pattern=any_case(("true", "false")))],
+        "description": "Default false: only dead letters never replayed.",
+    }
+    return obj(
+        fields,
+        required=(),
+        closed=False,
+        anyOf=[{"required": ["subscriber_id"]}, {"required": ["topic"]}],
+        description="Give `subscriber_id` or `topic` (or both); other keys are ignored.",
+    )
+
+
+def status_body(*statuses: str, reasons: bool = False) -> Schema:
+    """`{"status": ...}` bodies of the operations endpoints."""
+    properties: dict[str, Schema] = {"status": string(enum=list(statuses))}
+    if reasons:
+        properties["reasons"] = {"type": "array", "items": string()}
+    return obj(properties, required=("status",))
+
+
+def schemas() -> dict[str, Schema]:
+    """Every named schema."""
+    return {
+        "Error": obj(
+            {
+                "error": obj(
+                    {
+                        "code": string("Stable, machine-readable, e.g. `invalid_topic`."),
+                        "message": string("For people."),
+                    }
+                )
+            }
+        ),
+        "PublishRequest": publish_request(),
+        "PublishPayload": publish_payload(),
+        "PublishAccepted": obj(
+            {
+                "event_id": string(format="uuid"),
+                "topic": string(),
+                "matched": {"type": "integer", "minimum": 0},
+                "subscribers": {
+                    "type": "array",
+                    "items": string(),
+                    "description": "Ids of the subscribers the event will be delivered to.",
+                },
+            }
+        ),
+        "Subscriber": subscriber(),
+        "SubscriberCreate": obj(subscriber_fields(), required=("topic", "target_url")),
+        "SubscriberUpdate": obj(subscriber_fields(), required=()),
+        "SubscriberList": obj({"subscribers": {"type": "array", "items": ref("Subscriber")}}),
+        "DeadLetter": dead_letter(with_payload=False),
+        "DeadLetterWithPayload": dead_letter(with_payload=True),
+        "DeadLetterPage": obj(
+            {
+                "dead_letters": {"type": "array", "items": ref("DeadLetter")},
+                "next_cursor": nullable(
+                    {"type": "integer", "description": "Pass as `cursor`; null on the last page."}
+                ),
+            }
+        ),
+        "BulkReplayRequest": bulk_replay_request(),
+        "Health": status_body("ok"),
+        "Readiness": status_body("ready", "unavailable", reasons=True),
+    }
+
+
+def error_responses() -> dict[str, Schema]:
+    """The shared error answers, keyed by status."""
+    return {
+        "400": error_response(
+            "Malformed input; nothing was changed.",
+            (
+                "invalid_json",
+                "invalid_request",
+                "invalid_topic",
+                "invalid_payload",
+                "invalid_header",
+                "invalid_filter",
+                "invalid_idempotency_key",
+            ),
+        ),
+        "401": error_response(
+            "Missing or invalid token.",
+            ("unauthorized",),
+            **{"WWW-Authenticate": header("Always `Bearer`.", string(enum=["Bearer"]), True)},
+        ),
+        "403": error_response("The token lacks the `admin` scope.", ("forbidden",)),
+        "404": error_response("No such resource.", ("not_found",)),
+        "405": error_response(
+            "The path does not support this method.",
+            ("method_not_allowed",),
+            Allow=header("The methods the path supports.", string(), True),
+        ),
+        "409": error_response(
+            "The request conflicts with the resource's state.", ("replay_refused",)
+        ),
+        "413": error_response("The body is larger than the limit.", ("payload_too_large",)),
+        "422": error_response(
+            "The Idempotency-Key was used with a different request in the last 24 h.",
+            ("idempotency_key_reused",),
+        ),
+        "500": error_response("An unexpected fault (a bug).", ("internal_error",)),
+        "503": error_response(
+            "No queue could store the jobs; nothing was stored. Retry later.",
+            ("queue_unavailable",),
+        ),
+    }
+
+
+# --- paths ----------------------------------------------------------------------------
+
+
+def publish_paths() -> dict[str, Schema]:
+    """`/publish` and `/refresh`."""
+    return {
+        "/publish": {
+            "post": operation(
+                "publish",
+                "Publish an event",
+                "publishing",
+                "token",
+                {
+                    "202": response(
+                        "Accepted: every job is durably stored.",
+                        ref("PublishAccepted"),
+                        **{
+                            "Idempotent-Replayed": header(
+                                "`true` when this is the stored answer to an earlier request "
+                                "with the same Idempotency-Key.",
+                                string(enum=["true"]),
+                            )
+                        },
+                    )
+                },
+                errors=(400, 413, 422, 503),
+                description=(
+                    "Matches the topic's enabled subscribers and stores one delivery job "
+                    "each. Content-Type is not required. The body limit is "
+                    "`SWITCH_MAX_PAYLOAD_BYTES` (default 1 MiB; 413 above it)."
+                ),
+                parameters=[
+                    param(
+                        "Idempotency-Key",
+                        "header",
+                        string(minLength=1, maxLength=MAX_KEY_LENGTH, pattern=r"^[\x20-\x7e]*$"),
+                        "The same key from the same author within 24 h returns the first "
+                        "answer again (with `Idempotent-Replayed: true`) and enqueues "
+                        "nothing; with a different request it gets 422. 1..255 printable "
+                        "ASCII characters, else 400.",
+                        required=False,
+                    )
+                ],
+                requestBody=body(ref("PublishRequest"), "The event."),
+            )
+        },
+        "/refresh": {
+            "get": operation(
+                "refresh",
+                "Reload subscribers now",
+                "publishing",
+                "token",
+                {
+                    "200": response(
+                        "The number of subscribers loaded.",
+                        obj({"subscribers": {"type": "integer", "minimum": 0}}),
+                    )
+                },
+            )
+        },
+    }
+
+
+def subscriber_paths() -> dict[str, Schema]:
+    """`/subscribers` and `/subscribers/{id}`."""
+    by_id = [param("id", "path", string(), "Subscriber id.", required=True)]
+    return {
+        "/subscribers": {
+            "get": operation(
+                "listSubscribers",
+                "List subscribers",
+                "subscribers",
+                "admin",
+                {"200": response("Every subscriber, oldest first.", ref("SubscriberList"))},
+                parameters=[query("topic", string(), "Only this topic's subscribers.")],
+            ),
+            "post": operation(
+                "createSubscriber",
+                "Create a subscriber",
+                "subscribers",
+                "admin",
+                {"201": response("Created; `secret` is shown this once.", ref("Subscriber"))},
+                errors=(400, 413),
+                description=f"Unknown fields are refused (400). {ADMIN_BODY_NOTE}",
+                requestBody=body(ref("SubscriberCreate"), "The new subscriber."),
+            ),
+        },
+        "/subscribers/{id}": {
+            "parameters": by_id,
+            "get": operation(
+                "getSubscriber",
+                "Show a subscriber",
+                "subscribers",
+                "admin",
+                {"200": response("The subscriber.", ref("Subscriber"))},
+                errors=(404,),
+            ),
+            "patch": operation(
+                "updateSubscriber",
+                "Change a subscriber",
+                "subscribers",
+                "admin",
+                {"200": response("The updated subscriber.", ref("Subscriber"))},
+                errors=(400, 404, 413),
+                description=(
+                    "Only the fields given change; unknown fields are refused (400). A new "
+                    f"`secret` is shown in this answer only. {ADMIN_BODY_NOTE}"
+                ),
+                requestBody=body(ref("SubscriberUpdate"), "The fields to change."),
+            ),
+            "delete": operation(
+                "deleteSubscriber",
+                "Delete a subscriber",
+                "subscribers",
+                "admin",
+                {"204": response("Deleted.")},
+                errors=(404,),
+            ),
+        },
+    }
+
+
+def dead_letter_paths() -> dict[str, Schema]:
+    """`/dead`, `/dead/replay`, `/dead/{id}` and `/dead/{id}/replay`."""
+    filters = dead_filter_fields()
+    number = {"type": "integer", "minimum": 0, "maximum": 10**MAX_ID_DIGITS - 1}
+    by_id = [param("id", "path", number, "Dead letter id (anything else: 404).", required=True)]
+    count = {"type": "integer", "minimum": 0, "description": "How many were enqueued again."}
+    return {
+        "/dead": {
+            "get": operation(
+                "listDeadLetters",
+                "List dead letters",
+                "dead letters",
+                "admin",
+                {"200": response("A page, newest first.", ref("DeadLetterPage"))},
+                errors=(400,),
+                parameters=[
+                    *(
+                        query(name, schema, schema["description"])
+                        for name, schema in filters.items()
+                    ),
+                    query(
+                        "limit",
+                        number,
+                        f"Page size; absent or 0 means 50, above {MAX_PAGE} means {MAX_PAGE}.",
+                    ),
+                    query("cursor", number, "The `next_cursor` of the previous page."),
+                ],
+            )
+        },
+        "/dead/replay": {
+            "post": operation(
+                "replayDeadLetters",
+                "Replay dead letters in bulk",
+                "dead letters",
+                "admin",
+                {"202": response("Enqueued again.", obj({"replayed": count}))},
+                errors=(400, 413, 503),
+                description=(
+                    "Enqueues a fresh delivery (same event id) of every matching dead letter "
+                    "and marks each replayed; those whose subscriber is gone or disabled "
+                    f"are skipped. {ADMIN_BODY_NOTE}"
+                ),
+                requestBody=body(ref("BulkReplayRequest"), "Which dead letters."),
+            )
+        },
+        "/dead/{id}": {
+            "parameters": by_id,
+            "get": operation(
+                "getDeadLetter",
+                "Show a dead letter with its payload",
+                "dead letters",
+                "admin",
+                {"200": response("The dead letter.", ref("DeadLetterWithPayload"))},
+                errors=(404,),
+            ),
+            "delete": operation(
+                "deleteDeadLetter",
+                "Delete a dead letter",
+                "dead letters",
+                "admin",
+                {"204": response("Deleted.")},
+                errors=(404,),
+            ),
+        },
+        "/dead/{id}/replay": {
+            "parameters": by_id,
+            "post": operation(
+                "replayDeadLetter",
+                "Replay one dead letter",
+                "dead letters",
+                "admin",
+                {
+                    "202": response(
+                        "Enqueued again.",
+                        obj({"replayed": count, "event_id": string()}),
+                    )
+                },
+                errors=(404, 409, 503),
+                description=(
+                    "Enqueues a fresh delivery (same event id) and records the replay. 409 "
+                    "when its subscriber was deleted or is disabled."
+                ),
+            ),
+        },
+    }
+
+
+def operations_paths() -> dict[str, Schema]:
+    """Health, readiness, metrics and this document."""
+    readiness = ref("Readiness")
+    return {
+        "/healthz": {
+            "get": operation(
+                "healthz",
+                "Liveness",
+                "operations",
+                None,
+                {"200": response("The event loop answers.", ref("Health"))},
+            )
+        },
+        "/readyz": {
+            "get": operation(
+                "readyz",
+                "Readiness",
+                "operations",
+                None,
+                {
+                    "200": response("The database and the queue answer.", readiness),
+                    "503": response("Not ready (or draining); `reasons` says why.", readiness),
+                },
+            )
+        },
+        "/metrics": {
+            "get": operation(
+                "metrics",
+                "Prometheus metrics",
+                "operations",
+                None,
+                {
+                    "200": {
+                        "description": "Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": string()}},
+                    }
+                },
+            )
+        },
+        "/openapi.json": {
+            "get": operation(
+                "openapi",
+                "This document",
+                "operations",
+                None,
+                {"200": response("The OpenAPI document.", {"type": "object"})},
+            )
+        },
+    }
+
+
+@cache
+def document(version: str) -> dict[str, Any]:
+    """The OpenAPI document for switchd `version` (built once; do not mutate it)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "switchd", "version": version, "description": INTRO},
+        "tags": [
+            {"name": "publishing", "description": "Seed-compatible publishing."},
+            {"name": "subscribers", "description": "Who receives which topic (admin)."},
+            {"name": "dead letters", "description": "Deliveries that failed for good (admin)."},
+            {"name": "operations", "description": "Health, readiness, metrics (no auth)."},
+        ],
+        "paths": {
+            **publish_paths(),
+            **subscriber_paths(),
+            **dead_letter_paths(),
+            **operations_paths(),
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "HS256 JWT with an `author` (or `Author`) claim; "
+                    "`scope` holding `admin` for management endpoints.",
+                }
+            },
+            "schemas": schemas(),
+            "responses": error_responses(),
+        },
+    }
