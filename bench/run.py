@@ -107,6 +107,7 @@ async def start_switchd(db: Path, **env: str) -> Process:
         "SWITCH_DB_NAME": str(db),
         "SWITCH_SERVER_HOST": "127.0.0.1",
         "SWITCH_LOG_FORMAT": "json",
+        "SWITCH_CONSUMER_CONCURRENCY_LEVEL": str(CONCURRENCY),  # the limit's concurrency
         **env,
     }
     return await start([sys.executable, "-m", "switchd", "serve"], settings, "/healthz")

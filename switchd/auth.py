@@ -39,6 +39,46 @@ def bearer_token(header: str | None) -> str:
 
 def verify(token: str, secret: str) -> Principal:
     """Check signature, algorithm, exp/nbf; return the principal."""
+    return _verify(token, secret)[0]
+
+
+class TokenVerifier:
+    """`verify` with a bounded cache: publishers resend the same token (the seed SDKs mint
+    identical ones), and checking an HMAC and parsing JSON each time costs more than the
+    rest of a publish's bookkeeping. Cached tokens are still refused once `exp` passes."""
+
+    def __init__(self, secret: str, size: int = 4096) -> None:
+        self.secret = secret
+        self.size = size
+        self._cache: dict[str, tuple[Principal, float, float]] = {}
+
+    def verify(self, token: str) -> Principal:
+        """The principal of a valid token; AuthError otherwise."""
+        cached = self._cache.get(token)
+        now = time.time()
+        if cached is not None and cached[1] <= now < cached[2]:
+            return cached[0]
+        principal, claims = _verify(token, self.secret)
+        window = _validity(claims)
+        if window is not None:
+            if len(self._cache) >= self.size:
+                self._cache.clear()
+            self._cache[token] = (principal, *window)
+        return principal
+
+
+def _validity(claims: dict[str, object]) -> tuple[float, float] | None:
+    """When a verified token stays valid (leeway included); None if not plain numbers."""
+    bounds = []
+    for name, default in (("nbf", float("-inf")), ("exp", float("inf"))):
+        value = claims.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        bounds.append(float(value))
+    return bounds[0] - LEEWAY_SECONDS, bounds[1] + LEEWAY_SECONDS
+
+
+def _verify(token: str, secret: str) -> tuple[Principal, dict[str, object]]:
     try:
         claims = jwt.decode(
             token,
@@ -56,7 +96,7 @@ def verify(token: str, secret: str) -> Principal:
     author = claims.get("author", claims.get("Author"))
     if not isinstance(author, str) or not author:
         raise AuthError("token has no 'author' claim")
-    return Principal(author=author, admin="admin" in _scopes(claims.get("scope")))
+    return Principal(author=author, admin="admin" in _scopes(claims.get("scope"))), claims
 
 
 def _scopes(scope: object) -> set[str]:

@@ -12,6 +12,7 @@ import email.utils
 import hashlib
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
@@ -213,14 +214,6 @@ class Deliverer:
             if not subscriber.enabled:
                 return Outcome("permanent", error="subscriber is disabled", finished_at=time.time())
             target_url, secret = subscriber.target_url, subscriber.secret
-        retrying = tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(self.settings.quick_retries + 1)
-            | tenacity.stop_any(self._wait_too_long),
-            wait=self._wait,
-            retry=tenacity.retry_if_result(lambda outcome: outcome.kind == "transient"),
-            retry_error_callback=lambda state: state.outcome.result(),
-            sleep=asyncio.sleep,
-        )
         requests = 0
 
         async def attempt() -> Outcome:
@@ -228,7 +221,9 @@ class Deliverer:
             requests += 1
             return await self._attempt(job, target_url, secret, job.attempts + requests)
 
-        outcome: Outcome = await retrying(attempt)
+        outcome = await attempt()
+        if self._retry_quickly(outcome):
+            outcome = await self._quick_retries(attempt, outcome)
         return Outcome(
             outcome.kind,
             outcome.status,
@@ -238,14 +233,30 @@ class Deliverer:
             time.time(),
         )
 
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        outcome: Outcome = state.outcome.result()  # type: ignore[union-attr]
-        backoff = min(0.2 * 2 ** (state.attempt_number - 1), self.settings.quick_retry_max_wait)
-        return outcome.retry_after if outcome.retry_after is not None else backoff
+    def _retry_quickly(self, outcome: Outcome) -> bool:
+        """Transient, quick retries configured, and no Retry-After beyond their cap."""
+        patient = (outcome.retry_after or 0) <= self.settings.quick_retry_max_wait
+        return outcome.kind == "transient" and self.settings.quick_retries > 0 and patient
 
-    def _wait_too_long(self, state: tenacity.RetryCallState) -> bool:
-        outcome: Outcome = state.outcome.result()  # type: ignore[union-attr]
-        return (outcome.retry_after or 0) > self.settings.quick_retry_max_wait
+    async def _quick_retries(
+        self, attempt: Callable[[], Awaitable[Outcome]], first: Outcome
+    ) -> Outcome:
+        """Retry a transient failure in process (tenacity), honouring Retry-After."""
+        await asyncio.sleep(self._pause(first, 1))
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self.settings.quick_retries)
+            | tenacity.stop_any(lambda state: not self._retry_quickly(state.outcome.result())),
+            wait=lambda state: self._pause(state.outcome.result(), state.attempt_number + 1),
+            retry=tenacity.retry_if_result(lambda outcome: outcome.kind == "transient"),
+            retry_error_callback=lambda state: state.outcome.result(),
+            sleep=asyncio.sleep,
+        )
+        return await retrying(attempt)
+
+    def _pause(self, outcome: Outcome, retry_number: int) -> float:
+        """Seconds before quick retry `retry_number`: Retry-After, else 0.2 s doubling."""
+        backoff = min(0.2 * 2 ** (retry_number - 1), self.settings.quick_retry_max_wait)
+        return outcome.retry_after if outcome.retry_after is not None else backoff
 
     async def _attempt(self, job: Job, target_url: str, secret: str | None, number: int) -> Outcome:
         started = time.time()

@@ -9,7 +9,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from switchd.auth import AuthError, Principal, bearer_token, verify
+from switchd.auth import AuthError, Principal, bearer_token
 from switchd.dead_letters import DeadFilter, ReplayRefused
 from switchd.errors import ApiError, InvalidInput
 from switchd.idempotency import fingerprint, validate_key
@@ -64,10 +64,9 @@ def _allow(exc: web.HTTPException) -> dict[str, str]:
 
 def authenticate(request: web.Request, admin: bool = False) -> Principal:
     """The caller's principal; 401 without a valid token, 403 without the admin scope."""
-    service = request.app[SERVICE]
     try:
-        principal = verify(
-            bearer_token(request.headers.get("Authorization")), service.settings.jwt_secret
+        principal = request.app[SERVICE].tokens.verify(
+            bearer_token(request.headers.get("Authorization"))
         )
     except AuthError as exc:
         raise ApiError(401, "unauthorized", exc.reason) from exc

@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 import structlog
 
+from switchd.auth import TokenVerifier
 from switchd.config import Settings
 from switchd.consumers import ConsumerPool
 from switchd.db import Database
@@ -40,6 +41,7 @@ class Switchd:
         self.db = Database(settings.db_name)
         self.store = SubscriberStore(self.db)
         self.metrics = Metrics()
+        self.tokens = TokenVerifier(settings.jwt_secret)
         self.registry = Registry(self.store, self.metrics.filter_errors.inc)
         self.local_queue = LocalQueue(self.db, settings)
         self.faktory_queue: FallbackQueue | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -269,3 +270,26 @@ def test_minted_token_with_elapsed_ttl_is_rejected(monkeypatch: pytest.MonkeyPat
 def test_minted_token_fails_with_another_secret() -> None:
     with pytest.raises(AuthError):
         verify(mint(SECRET, "svc"), "another-secret-" + "z" * 40)
+
+
+def test_token_verifier_caches_within_the_validity_window(monkeypatch) -> None:
+    from switchd import auth
+
+    calls = []
+    real = auth._verify
+    monkeypatch.setattr(auth, "_verify", lambda t, s: calls.append(t) or real(t, s))
+    verifier = auth.TokenVerifier(SECRET)
+    exp = int(time.time()) + 60
+    token = jwt.encode({"Author": "svc", "exp": exp}, SECRET, algorithm="HS256")
+    assert verifier.verify(token).author == "svc"
+    assert verifier.verify(token).author == "svc"
+    assert len(calls) == 1  # the second one came from the cache
+    assert verifier._cache[token][2] == exp + auth.LEEWAY_SECONDS
+    later = exp + auth.LEEWAY_SECONDS + 1
+    monkeypatch.setattr(auth.time, "time", lambda: later)
+    verifier.verify(token)  # past the window: verified again (pyjwt checks exp then)
+    assert len(calls) == 2
+    odd = jwt.encode({"Author": "svc", "exp": str(exp)}, SECRET, algorithm="HS256")
+    with contextlib.suppress(auth.AuthError):
+        verifier.verify(odd)
+    assert odd not in verifier._cache  # a non-numeric exp is never cached
