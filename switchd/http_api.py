@@ -297,10 +297,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """GET /readyz: database and queue answer and the process is not draining."""
-    reasons = await request.app[SERVICE].readiness()
+    service = request.app[SERVICE]
+    reasons = await service.readiness()
+    queue = service.queue_status()
     if reasons:
-        return json_response({"status": "unavailable", "reasons": reasons}, status=503)
-    return json_response({"status": "ready"})
+        return json_response(
+            {"status": "unavailable", "reasons": reasons, "queue": queue}, status=503
+        )
+    return json_response({"status": "ready", "queue": queue})
 
 
 async def openapi_json(request: web.Request) -> web.Response:

@@ -79,7 +79,23 @@ class Metrics:
         self.queue_up = Gauge(
             "switchd_queue_up", "1 when the queue backend answers, else 0", ["queue"], registry=r
         )
+        self.faktory_up = Gauge(
+            "switchd_faktory_up", "1 while Faktory answers, 0 while jobs spill locally", registry=r
+        )
+        self.faktory_spilled = Gauge(
+            "switchd_faktory_spilled_jobs",
+            "Jobs stored in the local queue because Faktory was unreachable (since start)",
+            registry=r,
+        )
+        self.faktory_unsent = Gauge(
+            "switchd_faktory_unsent_acks", "ACK/FAIL commands waiting for Faktory", registry=r
+        )
         self.in_flight = Gauge("switchd_deliveries_in_flight", "Deliveries under way", registry=r)
+        self.log_dropped = Counter(
+            "switchd_event_log_dropped",
+            "Delivery-log rows dropped because the log buffer was full (database unwritable)",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -378,6 +378,12 @@ def status_body(*statuses: str, reasons: bool = False) -> Schema:
     properties: dict[str, Schema] = {"status": string(enum=list(statuses))}
     if reasons:
         properties["reasons"] = {"type": "array", "items": string()}
+        properties["queue"] = obj(
+            {"backend": string(enum=["local", "faktory"])},
+            closed=False,
+            description="The queue backend; with Faktory also its state (up/down, since "
+            "when, last error, worker state, jobs pushed and spilled, unsent ACK/FAILs).",
+        )
     return obj(properties, required=("status",))
 
 

@@ -129,10 +129,21 @@ class Switchd:
             "subscribers": [s.id for s in matched],
         }
 
+    def queue_status(self) -> dict[str, Any]:
+        """The queue backend's state, for /readyz."""
+        if self.faktory_queue is None:
+            return {"backend": "local"}
+        return self.faktory_queue.status()
+
     async def render_metrics(self) -> bytes:
         """Refresh the gauges that are read from storage, then render every metric."""
         problem = await self.queue.check()
         self.metrics.queue_up.labels(self.queue.name).set(0 if problem else 1)
+        if self.faktory_queue is not None:
+            status = self.faktory_queue.status()
+            self.metrics.faktory_up.set(1 if status["faktory"] == "up" else 0)
+            self.metrics.faktory_spilled.set(status["spilled"])
+            self.metrics.faktory_unsent.set(status["unsent_acks"])
         try:
             depth, oldest = await self.local_queue.stats()
         except Exception as exc:

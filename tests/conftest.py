@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import socket
 import subprocess
 import sys
@@ -236,3 +237,11 @@ def evaluate_in_child(expression: str, data: dict[str, Any], seconds: float = 5.
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()  # log lines may precede the verdict
     return lines[-1] if lines else ""
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without switchd's settings (FAKTORY_URL included), so a
+    subprocess runs on exactly the settings a test gives it."""
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith("SWITCH_") and k != "FAKTORY_URL"
+    }

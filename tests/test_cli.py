@@ -4,7 +4,6 @@ server and sink), bad arguments included."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import sys
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import SECRET, Sink, StartSwitchd
+from tests.conftest import SECRET, Sink, StartSwitchd, clean_environ
 
 
 @dataclass
@@ -27,7 +26,7 @@ class Result:
 
 
 async def cli(*args: str, db: Path | None = None, stdin: bytes | None = None, **env: str) -> Result:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("SWITCH_")}
+    environ = clean_environ()
     environ.update({"SWITCH_JWT_SECRET": SECRET, **env})
     if db is not None:
         environ["SWITCH_DB_NAME"] = str(db)

@@ -488,6 +488,7 @@ async def test_faktory_stopped_mid_run_every_event_is_delivered(
     degraded = queue.status()
     status, ready = await app.call("GET", "/readyz")
     assert status == 200, ready  # degraded but serving is ready
+    assert ready["queue"]["backend"] == "faktory" and ready["queue"]["faktory"] == "down"
     await faktory.start()
     await publisher
     assert [s for s, _ in results] == [202] * 150
@@ -504,6 +505,11 @@ async def test_faktory_stopped_mid_run_every_event_is_delivered(
     assert await app.count("events") == queue.spilled  # only spilled events are stored locally
 
 
+async def metrics_text(app: Any) -> str:
+    async with app.client.get(app.url + "/metrics") as response:
+        return await response.text()
+
+
 async def test_jobs_flow_through_faktory_again_when_it_returns(
     on_faktory: Callable[..., Any], faktory: Faktory, queue_name: str, sink: Sink
 ):
@@ -512,6 +518,7 @@ async def test_jobs_flow_through_faktory_again_when_it_returns(
     queue = fallback(app)
     assert queue.status()["faktory"] == "down"
     assert (await app.call("GET", "/readyz"))[0] == 200
+    assert "switchd_faktory_up 0.0" in await metrics_text(app)
     await app.add_subscriber(topic="t", target_url=sink.url())
     for i in range(3):
         assert (await app.publish("t", {"body": {"i": i}}))[0] == 202
@@ -526,6 +533,8 @@ async def test_jobs_flow_through_faktory_again_when_it_returns(
         assert (await app.publish("t", {"body": {"i": i}}))[0] == 202
     await sink.wait_for(6)
     assert queue.status()["pushed"] == pushed + 3 and queue.spilled == 3
+    text = await metrics_text(app)
+    assert "switchd_faktory_up 1.0" in text and "switchd_faktory_spilled_jobs 3.0" in text
     assert await app.count("events") == 3 and await app.count("jobs") == 0
     await settle_sets(faktory, before, **{queue_name: 0, "Busy": 0})
     assert sorted(r.json()["i"] for r in sink.requests) == list(range(6))

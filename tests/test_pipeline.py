@@ -246,7 +246,10 @@ async def test_refresh_reloads_subscribers(start_switchd: StartSwitchd, sink: Si
 
 async def test_readyz_turns_503_when_draining(start_switchd: StartSwitchd):
     app = await start_switchd()
-    assert await app.call("GET", "/readyz") == (200, {"status": "ready"})
+    assert await app.call("GET", "/readyz") == (
+        200,
+        {"status": "ready", "queue": {"backend": "local"}},
+    )
     app.service.draining = True
     status, body = await app.call("GET", "/readyz")
     assert status == 503 and any("draining" in r for r in body["reasons"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import orjson
 import pytest
 
 from switchd.auth import mint
-from tests.conftest import SECRET, Sink, free_port
+from tests.conftest import SECRET, Sink, clean_environ, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,7 +26,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
-            **os.environ,
+            **clean_environ(),
             "SWITCH_JWT_SECRET": SECRET,
             "SWITCH_DB_NAME": str(db),
             "SWITCH_SERVER_HOST": "127.0.0.1",
@@ -85,12 +84,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         capture_output=True,
         text=True,
         timeout=30,
-        env={**os.environ, **(env or {})},
+        env={**clean_environ(), **(env or {})},
     )
 
 
 def test_bad_configuration_exits_2_with_one_line_per_variable(tmp_path: Path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCH_")}
+    env = clean_environ()
     env.update({"SWITCH_SERVER_PORT": "http", "SWITCH_RETRY_SCHEDULE": "5,soon"})
     result = subprocess.run(
         [sys.executable, "-m", "switchd", "serve"],
