@@ -40,6 +40,7 @@ class Settings:
     max_payload_bytes: int = 1_048_576
     shutdown_grace: float = 30.0
     log_retention: float = 7 * 86400.0
+    log_payloads: bool = False
     log_level: str = "info"
     log_format: str = "auto"
 
@@ -108,6 +109,13 @@ def parse_duration(text: str) -> float:
     return value
 
 
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _boolean(raw: str) -> bool:
+    return BOOLEANS[raw.strip().lower()]  # KeyError is reported like a ValueError
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -173,6 +181,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any], str]] = {
         parse_duration,
         "a duration such as 7d, 12h or 3600",
     ),
+    "SWITCH_LOG_PAYLOADS": ("log_payloads", _boolean, "true|false (or 1|0, yes|no)"),
     "SWITCH_LOG_LEVEL": ("log_level", _choice(LOG_LEVELS), "one of " + "|".join(LOG_LEVELS)),
     "SWITCH_LOG_FORMAT": ("log_format", _choice(LOG_FORMATS), "one of " + "|".join(LOG_FORMATS)),
 }
@@ -189,7 +198,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             continue
         try:
             values[field] = parse(raw)
-        except (ValueError, TypeError, OverflowError):
+        except (ValueError, TypeError, OverflowError, KeyError):
             problems.append(f"{name}={_redact(name, raw)!r} is invalid: expected {expected}")
     values.update(overrides)
     if "jwt_secret" not in values and not any(p.startswith("SWITCH_JWT_SECRET") for p in problems):

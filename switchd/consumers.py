@@ -8,9 +8,10 @@ import contextlib
 import structlog
 
 from switchd.delivery import Deliverer, Outcome
+from switchd.event_log import EventLog
 from switchd.metrics import Metrics
 from switchd.models import Job
-from switchd.queue.base import JobQueue
+from switchd.queue.base import Disposition, JobQueue
 from switchd.subscribers import Registry, SubscriberStore
 
 log = structlog.get_logger("switchd.consumers")
@@ -29,6 +30,7 @@ class ConsumerPool:
         store: SubscriberStore,
         concurrency: int,
         metrics: Metrics,
+        event_log: EventLog,
     ) -> None:
         self.queue = queue
         self.deliverer = deliverer
@@ -36,6 +38,7 @@ class ConsumerPool:
         self.store = store
         self.concurrency = concurrency
         self.metrics = metrics
+        self.event_log = event_log
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: dict[asyncio.Task[None], Job] = {}
         self._stopping = False
@@ -103,14 +106,16 @@ class ConsumerPool:
             await self._disable(job.subscriber_id)
         if outcome.kind == "skipped":
             log.info("job_skipped", event_id=job.event_id, reason=outcome.error)
-        await self._settle(job, outcome)
+        disposition = await self._settle(job, outcome)
+        retry_at = job.next_retry_at if disposition == "retry" else None
+        self.event_log.record_attempts(job, outcome, retry_at)
 
-    async def _settle(self, job: Job, outcome: Outcome) -> None:
+    async def _settle(self, job: Job, outcome: Outcome) -> Disposition:
         while True:
             try:
                 disposition = await self.queue.settle(job, outcome)
                 self.metrics.settled.labels(disposition).inc()
-                return
+                return disposition
             except Exception as exc:
                 # The lease keeps the job safe; retry until the store answers again.
                 log.warning("settle_failed", event_id=job.event_id, error=str(exc))

@@ -101,6 +101,37 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX idempotency_created ON idempotency_keys(created_at);
     """,
+    # The delivery log: every accepted event (also unmatched ones) and every attempt.
+    """
+    ALTER TABLE events ADD COLUMN payload_size INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE events ADD COLUMN matched TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE events ADD COLUMN test INTEGER NOT NULL DEFAULT 0;
+    UPDATE events SET payload_size = length(payload), matched = (
+        SELECT json_group_array(subscriber_id) FROM (
+            SELECT subscriber_id FROM jobs
+            WHERE event_id = events.id AND subscriber_id IS NOT NULL
+            UNION SELECT subscriber_id FROM dead_letters
+            WHERE event_id = events.id AND subscriber_id IS NOT NULL));
+    CREATE INDEX events_topic ON events(topic);
+    CREATE INDEX events_author ON events(author);
+    CREATE INDEX events_payload_kept ON events(received_at) WHERE length(payload) > 0;
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        subscriber_id TEXT,
+        attempt INTEGER NOT NULL,
+        at REAL NOT NULL,
+        duration_ms REAL NOT NULL,
+        status INTEGER,
+        outcome TEXT NOT NULL,
+        error TEXT,
+        next_retry_at REAL
+    );
+    CREATE INDEX attempts_event ON attempts(event_id, subscriber_id, outcome);
+    CREATE INDEX attempts_subscriber ON attempts(subscriber_id, at);
+    CREATE INDEX attempts_failed ON attempts(subscriber_id, at) WHERE outcome != 'delivered';
+    CREATE INDEX attempts_at ON attempts(at);
+    """,
 ]
 
 

@@ -15,6 +15,7 @@ import orjson
 from switchd.db import Database, Statement
 from switchd.delivery import Outcome
 from switchd.models import Event, Job
+from switchd.pagination import newest_first, where_sql
 from switchd.subscribers import Subscriber
 
 if TYPE_CHECKING:
@@ -54,7 +55,6 @@ DEAD_COLUMNS = (
     "id, event_id, subscriber_id, topic, author, target_url, filter_expression, attempts, "
     "last_status, last_error, first_attempt_at, last_attempt_at, dead_at, replayed_at"
 )
-MAX_PAGE = 500
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,11 @@ class DeadFilter:
 
     def where(self) -> tuple[str, list[Any]]:
         """A SQL WHERE clause (with leading ' WHERE ' when not empty) and its parameters."""
+        clauses, params = self.conditions()
+        return where_sql(clauses), params
+
+    def conditions(self) -> tuple[list[str], list[Any]]:
+        """The SQL conditions (to be joined with AND) and their parameters."""
         clauses: list[str] = []
         params: list[Any] = []
         for column in ("subscriber_id", "topic", "event_id"):
@@ -81,7 +86,7 @@ class DeadFilter:
         if self.ids:
             clauses.append(f"id IN ({','.join('?' * len(self.ids))})")
             params.extend(self.ids)
-        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+        return clauses, params
 
 
 class DeadLetterStore:
@@ -94,17 +99,8 @@ class DeadLetterStore:
         self, where: DeadFilter, limit: int = 50, before: int | None = None
     ) -> tuple[list[dict[str, Any]], int | None]:
         """Newest first; returns the records and the cursor for the next page (or None)."""
-        sql, params = where.where()
-        if before is not None:
-            sql += (" AND " if sql else " WHERE ") + "id < ?"
-            params.append(before)
-        limit = max(1, min(limit, MAX_PAGE))
-        rows = await self.db.fetchall(
-            f"SELECT {DEAD_COLUMNS} FROM dead_letters{sql} ORDER BY id DESC LIMIT ?",
-            [*params, limit + 1],
-        )
-        records = [dict(row) for row in rows[:limit]]
-        return records, (records[-1]["id"] if len(rows) > limit else None)
+        select = f"SELECT {DEAD_COLUMNS} FROM dead_letters"
+        return await newest_first(self.db, select, where.conditions(), "id", limit, before)
 
     async def get(self, dead_id: int) -> dict[str, Any] | None:
         """One dead letter with its payload, or None."""

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
@@ -61,6 +61,18 @@ Kind = Literal["delivered", "transient", "permanent", "skipped"]
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One HTTP request of a delivery, as the delivery log records it."""
+
+    number: int  # of the job's requests, earlier rounds included
+    started_at: float
+    duration: float  # seconds
+    status: int | None
+    kind: Kind
+    error: str | None
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What happened to one delivery (all its quick retries included)."""
 
@@ -70,6 +82,7 @@ class Outcome:
     requests: int = 0
     retry_after: float | None = None
     finished_at: float = 0.0
+    attempts: tuple[Attempt, ...] = ()  # the HTTP requests made, in order
 
     @property
     def gone(self) -> bool:
@@ -214,24 +227,23 @@ class Deliverer:
             if not subscriber.enabled:
                 return Outcome("permanent", error="subscriber is disabled", finished_at=time.time())
             target_url, secret = subscriber.target_url, subscriber.secret
-        requests = 0
+        tried: list[Attempt] = []
 
         async def attempt() -> Outcome:
-            nonlocal requests
-            requests += 1
-            return await self._attempt(job, target_url, secret, job.attempts + requests)
+            outcome = await self._attempt(job, target_url, secret, job.attempts + len(tried) + 1)
+            tried.extend(outcome.attempts)
+            return outcome
 
         outcome = await attempt()
         if self._retry_quickly(outcome):
             outcome = await self._quick_retries(attempt, outcome)
-        return Outcome(
-            outcome.kind,
-            outcome.status,
-            outcome.error,
-            requests,
-            outcome.retry_after,
-            time.time(),
-        )
+        return replace(outcome, requests=len(tried), finished_at=time.time(), attempts=tuple(tried))
+
+    async def deliver_once(self, job: Job, target_url: str, secret: str | None) -> Outcome:
+        """One HTTP request and no quick retry, whatever state the subscriber is in (test
+        deliveries: an operator may check an endpoint before enabling it again)."""
+        outcome = await self._attempt(job, target_url, secret, job.attempts + 1)
+        return replace(outcome, finished_at=time.time())
 
     def _retry_quickly(self, outcome: Outcome) -> bool:
         """Transient, quick retries configured, and no Retry-After beyond their cap."""
@@ -285,7 +297,8 @@ class Deliverer:
             duration_ms=round(duration * 1000, 1),
             error=error,
         )
-        return Outcome(kind, status, error, 1, retry_after)
+        tried = Attempt(number, started, duration, status, kind, error)
+        return Outcome(kind, status, error, 1, retry_after, attempts=(tried,))
 
     async def _send(self, request: Request) -> tuple[int, float | None, str]:
         async with self.session.request(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -12,17 +13,21 @@ from aiohttp.web_protocol import RequestPayloadError
 from switchd.auth import AuthError, Principal, bearer_token
 from switchd.dead_letters import DeadFilter, ReplayRefused
 from switchd.errors import ApiError, InvalidInput
+from switchd.event_queries import STATUSES, EventFilter
 from switchd.idempotency import fingerprint, validate_key
 from switchd.metrics import CONTENT_TYPE
+from switchd.pagination import DEFAULT_PAGE
 from switchd.payload import load_json_object, parse_publish
+from switchd.probe import evaluate, parse_request, send_test
 from switchd.queue.base import QueueUnavailable
 from switchd.service import Switchd
-from switchd.subscribers import validate_fields
+from switchd.subscribers import Subscriber, validate_fields
 
 log = structlog.get_logger("switchd.http")
 SERVICE: web.AppKey[Switchd] = web.AppKey("switchd", Switchd)
 MAX_ADMIN_BODY = 64 * 1024
 READ_CHUNK = 64 * 1024
+NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")  # use with fullmatch
 
 
 def json_response(
@@ -182,10 +187,14 @@ async def delete_subscriber(request: web.Request) -> web.Response:
 
 
 def _subscriber(service: Switchd, subscriber_id: str, show_secret: bool = False) -> dict[str, Any]:
+    return _existing(service, subscriber_id).public(show_secret=show_secret)
+
+
+def _existing(service: Switchd, subscriber_id: str) -> Subscriber:
     subscriber = service.registry.get(subscriber_id)
     if subscriber is None:
         raise _not_found(subscriber_id)
-    return subscriber.public(show_secret=show_secret)
+    return subscriber
 
 
 def _not_found(subscriber_id: str) -> ApiError:
@@ -226,7 +235,7 @@ async def list_dead(request: web.Request) -> web.Response:
     """GET /dead: newest first, `limit` and `cursor` for the next page."""
     authenticate(request, admin=True)
     where = _dead_filter(dict(request.query))
-    limit = _int_param(request, "limit", 50) or 50
+    limit = _int_param(request, "limit", DEFAULT_PAGE) or DEFAULT_PAGE
     records, cursor = await request.app[SERVICE].dead_letters.page(
         where, limit, _int_param(request, "cursor", None)
     )
@@ -284,6 +293,74 @@ async def delete_dead(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def _number_param(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if not NUMBER.fullmatch(raw):
+        raise InvalidInput(f"'{name}' must be a number (Unix time in seconds)")
+    return float(raw)
+
+
+def _event_filter(request: web.Request) -> EventFilter:
+    status = request.query.get("status")
+    if status is not None and status not in STATUSES:
+        raise InvalidInput(f"'status' must be one of {', '.join(STATUSES)}")
+    return EventFilter(
+        topic=request.query.get("topic"),
+        author=request.query.get("author"),
+        status=status,
+        since=_number_param(request, "since"),
+        until=_number_param(request, "until"),
+    )
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """GET /events: the delivery log, newest first, `limit` and `cursor` for the next page."""
+    authenticate(request, admin=True)
+    where = _event_filter(request)
+    limit = _int_param(request, "limit", DEFAULT_PAGE) or DEFAULT_PAGE
+    events, cursor = await request.app[SERVICE].event_queries.page(
+        where, limit, _int_param(request, "cursor", None)
+    )
+    return json_response({"events": events, "next_cursor": cursor})
+
+
+async def get_event(request: web.Request) -> web.Response:
+    """GET /events/{id}: one event, every attempt and the state per matched subscriber."""
+    authenticate(request, admin=True)
+    service = request.app[SERVICE]
+    event_id = request.match_info["id"]
+    record = await service.event_queries.event(event_id, service.settings.log_payloads)
+    if record is None:
+        raise ApiError(404, "not_found", f"no event {event_id!r} in the delivery log")
+    return json_response(record)
+
+
+async def subscriber_stats(request: web.Request) -> web.Response:
+    """GET /subscribers/{id}/stats: attempts, success rate and latency, last error."""
+    authenticate(request, admin=True)
+    service = request.app[SERVICE]
+    subscriber = _existing(service, request.match_info["id"])
+    return json_response(await service.event_queries.stats(subscriber.id))
+
+
+async def probe_subscriber(request: web.Request) -> web.Response:
+    """POST /subscribers/{id}/test: evaluate the filter on a sample; deliver it if asked."""
+    principal = authenticate(request, admin=True)
+    service = request.app[SERVICE]
+    subscriber = _existing(service, request.match_info["id"])
+    raw = await read_body(request, MAX_ADMIN_BODY)
+    payload, deliver = parse_request(load_json_object(raw) if raw.strip() else {})
+    match, error = evaluate(subscriber, payload)
+    delivery = None
+    if deliver and match and service.deliverer is not None:
+        delivery = await send_test(
+            service.deliverer, service.event_log, subscriber, payload, principal.author
+        )
+    return json_response({"match": match, "error": error, "delivery": delivery})
+
+
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: Prometheus text format."""
     body = await request.app[SERVICE].render_metrics()
@@ -328,11 +405,15 @@ def create_app(service: Switchd) -> web.Application:
     app.router.add_get("/subscribers/{id}", get_subscriber)
     app.router.add_patch("/subscribers/{id}", update_subscriber)
     app.router.add_delete("/subscribers/{id}", delete_subscriber)
+    app.router.add_get("/subscribers/{id}/stats", subscriber_stats)
+    app.router.add_post("/subscribers/{id}/test", probe_subscriber)
     app.router.add_get("/dead", list_dead)
     app.router.add_post("/dead/replay", replay_dead_bulk)
     app.router.add_get("/dead/{id}", get_dead)
     app.router.add_post("/dead/{id}/replay", replay_dead)
     app.router.add_delete("/dead/{id}", delete_dead)
+    app.router.add_get("/events", list_events)
+    app.router.add_get("/events/{id}", get_event)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -33,4 +33,5 @@ class Job:
     attempts: int = 0  # HTTP requests already made for this job
     rounds: int = 0  # durable retries already used
     first_attempt_at: float | None = None
+    next_retry_at: float | None = None  # set by a settle that scheduled a retry at a known time
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific (e.g. Faktory)

@@ -9,10 +9,13 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from switchd.dead_letters import MAX_PAGE
+import orjson
+
+from switchd.event_queries import STATES, STATUSES
 from switchd.filters import MAX_EXPRESSION_LENGTH
 from switchd.http_api import MAX_ADMIN_BODY
 from switchd.idempotency import MAX_KEY_LENGTH
+from switchd.pagination import DEFAULT_PAGE, MAX_PAGE
 from switchd.payload import (
     HEADER_NAME,
     HTTP_METHODS,
@@ -21,6 +24,7 @@ from switchd.payload import (
     MAX_HEADERS,
     MAX_TOPIC_LENGTH,
 )
+from switchd.probe import SAMPLE_PAYLOAD
 from switchd.subscribers import MAX_DESCRIPTION_LENGTH, MAX_URL_LENGTH, SECRET_PREFIX
 
 Schema = dict[str, Any]
@@ -28,6 +32,7 @@ Schema = dict[str, Any]
 NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f-\x9f]*$"  # as payload.CONTROL_CHARS
 NO_CONTROL_CHARS_BUT_TAB = r"^[^\x00-\x08\x0a-\x1f\x7f-\x9f]*$"
 MAX_ID_DIGITS = 18  # http_api: longer numeric ids and cursors are refused
+OUTCOMES = ("delivered", "transient", "permanent")  # of one HTTP attempt
 
 ADMIN_NOTE = "**Admin only**: needs a token whose `scope` claim holds `admin` (403 otherwise)."
 ANY_TOKEN_NOTE = "Any valid token (the seed SDKs' tokens, with only an `Author` claim, work)."
@@ -243,22 +248,25 @@ def publish_payload() -> Schema:
     )
 
 
+def payload_forms() -> list[Schema]:
+    """A payload as `/publish` takes it: the object, or base64 of its JSON."""
+    return [
+        ref("PublishPayload"),
+        string(
+            "Base64 (standard alphabet) of a JSON object with the "
+            "PublishPayload fields: what the seed SDKs send.",
+            contentEncoding="base64",
+            contentMediaType="application/json",
+        ),
+    ]
+
+
 def publish_request() -> Schema:
     """The `/publish` body (seed-compatible)."""
     return obj(
         {
             "topic": topic_schema(),
-            "payload": {
-                "oneOf": [
-                    ref("PublishPayload"),
-                    string(
-                        "Base64 (standard alphabet) of a JSON object with the "
-                        "PublishPayload fields: what the seed SDKs send.",
-                        contentEncoding="base64",
-                        contentMediaType="application/json",
-                    ),
-                ]
-            },
+            "payload": {"oneOf": payload_forms()},
         },
         closed=False,
         description=(
@@ -373,6 +381,181 @@ def bulk_replay_request() -> Schema:
     )
 
 
+STATUS_NOTE = (
+    "The event's fate, the worst of its subscribers' states: `dead` (a dead letter not "
+    "replayed), `failed` (attempts failed, none succeeded yet: a retry or replay is due; "
+    "final for a test), `pending` (not attempted yet), `delivered`, `skipped` (every "
+    "subscriber was deleted before a delivery); `unmatched` when it matched nobody."
+)
+STATE_NOTE = (
+    "`delivered`: an attempt succeeded. `dead`: a dead letter (`dead_letter_id`) not "
+    "replayed. `skipped`: the subscriber was deleted before a delivery. `failed`: attempts "
+    "failed, none succeeded yet (`next_retry_at` when a durable retry is scheduled at a "
+    "known time). `pending`: not attempted yet."
+)
+
+
+def logged_event_fields() -> dict[str, Schema]:
+    """What the delivery log shows of every event."""
+    return {
+        "id": string("The event id `/publish` answered."),
+        "topic": string(),
+        "author": string("The author of the publishing token."),
+        "received_at": timestamp("When it was accepted"),
+        "payload_size": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Bytes of the payload's JSON.",
+        },
+        "matched": {
+            "type": "array",
+            "items": string(),
+            "description": "Ids of the subscribers it matched when published.",
+        },
+        "test": {"type": "boolean", "description": "A test delivery, not a publish."},
+        "status": string(STATUS_NOTE, enum=list(STATUSES)),
+    }
+
+
+def attempt() -> Schema:
+    """One HTTP request of a delivery."""
+    return obj(
+        {
+            "attempt": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Its number among the requests of this delivery job.",
+            },
+            "at": timestamp("When the request started"),
+            "duration_ms": {"type": "number", "minimum": 0},
+            "status": nullable(
+                {"type": "integer", "description": "HTTP status; null when none came."}
+            ),
+            "outcome": string(
+                "`transient` (connection error, timeout, 408, 425, 429, 5xx) is retried; "
+                "`permanent` (3xx, other 4xx) is not.",
+                enum=list(OUTCOMES),
+            ),
+            "error": nullable(string()),
+            "next_retry_at": nullable(
+                timestamp(
+                    "When the durable retry this request led to is due (the local queue's "
+                    "schedule; null under Faktory, whose own backoff decides)"
+                )
+            ),
+        }
+    )
+
+
+def event_detail() -> Schema:
+    """One logged event with its payload (when kept) and its fate per subscriber."""
+    subscriber_state = obj(
+        {
+            "subscriber_id": string(),
+            "state": string(STATE_NOTE, enum=list(STATES)),
+            "next_retry_at": nullable(timestamp("When the next durable retry is due")),
+            "dead_letter_id": nullable({"type": "integer", "description": "See `/dead/{id}`."}),
+            "attempts": {"type": "array", "items": ref("Attempt"), "description": "In order."},
+        }
+    )
+    return obj(
+        {
+            **logged_event_fields(),
+            "payload": nullable(
+                {
+                    "type": "object",
+                    "description": "Shown only with `SWITCH_LOG_PAYLOADS=true`.",
+                }
+            ),
+            "subscribers": {
+                "type": "array",
+                "items": subscriber_state,
+                "description": "One entry per matched subscriber, in `matched` order.",
+            },
+        }
+    )
+
+
+def stats_window() -> Schema:
+    """A subscriber's attempts over one time window."""
+    count = {"type": "integer", "minimum": 0}
+    latency = nullable({"type": "number", "minimum": 0, "description": "Milliseconds."})
+    return obj(
+        {
+            "attempts": count,
+            "delivered": count,
+            "failed": count,
+            "success_rate": nullable(
+                {"type": "number", "minimum": 0, "maximum": 1, "description": "null: none."}
+            ),
+            "p50_ms": latency,
+            "p99_ms": latency,
+        }
+    )
+
+
+def subscriber_stats() -> Schema:
+    """`GET /subscribers/{id}/stats`."""
+    last_error = obj(
+        {
+            "at": timestamp("When the request started"),
+            "event_id": string(),
+            "attempt": {"type": "integer"},
+            "status": nullable({"type": "integer"}),
+            "outcome": string(enum=list(OUTCOMES[1:])),
+            "error": nullable(string()),
+        }
+    )
+    return obj(
+        {
+            "subscriber_id": string(),
+            "last_hour": ref("StatsWindow"),
+            "last_day": ref("StatsWindow"),
+            "last_error": nullable({**last_error, "description": "The last failed attempt."}),
+        }
+    )
+
+
+def subscriber_test() -> Schema:
+    """`POST /subscribers/{id}/test` body."""
+    sample = orjson.dumps(SAMPLE_PAYLOAD).decode()
+    return obj(
+        {
+            "payload": {
+                "anyOf": [*payload_forms(), {"type": "null"}],
+                "description": f"The sample (as `/publish` takes it); default `{sample}`.",
+            },
+            "deliver": nullable(
+                {
+                    "type": "boolean",
+                    "description": "Also send it, once, if the filter matches (default false).",
+                }
+            ),
+        },
+        required=(),
+    )
+
+
+def subscriber_test_result() -> Schema:
+    """`POST /subscribers/{id}/test` answer."""
+    delivery = obj(
+        {
+            "event_id": string("The test event's id in the delivery log."),
+            "outcome": string(enum=list(OUTCOMES)),
+            "status": nullable({"type": "integer", "description": "HTTP status, if any."}),
+            "error": nullable(string()),
+            "duration_ms": {"type": "number", "minimum": 0},
+        }
+    )
+    return obj(
+        {
+            "match": {"type": "boolean", "description": "Whether the filter accepts the sample."},
+            "error": nullable(string("Why the filter failed on the sample (counts as no match).")),
+            "delivery": nullable({**delivery, "description": "The test delivery, if sent."}),
+        }
+    )
+
+
 def status_body(*statuses: str, reasons: bool = False) -> Schema:
     """`{"status": ...}` bodies of the operations endpoints."""
     properties: dict[str, Schema] = {"status": string(enum=list(statuses))}
@@ -429,6 +612,21 @@ def schemas() -> dict[str, Schema]:
             }
         ),
         "BulkReplayRequest": bulk_replay_request(),
+        "LoggedEvent": obj(logged_event_fields()),
+        "EventPage": obj(
+            {
+                "events": {"type": "array", "items": ref("LoggedEvent")},
+                "next_cursor": nullable(
+                    {"type": "integer", "description": "Pass as `cursor`; null on the last page."}
+                ),
+            }
+        ),
+        "Attempt": attempt(),
+        "EventDetail": event_detail(),
+        "StatsWindow": stats_window(),
+        "SubscriberStats": subscriber_stats(),
+        "SubscriberTest": subscriber_test(),
+        "SubscriberTestResult": subscriber_test_result(),
         "Health": status_body("ok"),
         "Readiness": status_body("ready", "unavailable", reasons=True),
     }
@@ -599,11 +797,29 @@ def subscriber_paths() -> dict[str, Schema]:
     }
 
 
+def id_number() -> Schema:
+    """A numeric id or cursor as the API takes it."""
+    return {"type": "integer", "minimum": 0, "maximum": 10**MAX_ID_DIGITS - 1}
+
+
+def page_params() -> list[Schema]:
+    """`limit` and `cursor` of the newest-first listings."""
+    return [
+        query(
+            "limit",
+            id_number(),
+            f"Page size; absent or 0 means {DEFAULT_PAGE}, above {MAX_PAGE} means {MAX_PAGE}.",
+        ),
+        query("cursor", id_number(), "The `next_cursor` of the previous page."),
+    ]
+
+
 def dead_letter_paths() -> dict[str, Schema]:
     """`/dead`, `/dead/replay`, `/dead/{id}` and `/dead/{id}/replay`."""
     filters = dead_filter_fields()
-    number = {"type": "integer", "minimum": 0, "maximum": 10**MAX_ID_DIGITS - 1}
-    by_id = [param("id", "path", number, "Dead letter id (anything else: 404).", required=True)]
+    by_id = [
+        param("id", "path", id_number(), "Dead letter id (anything else: 404).", required=True)
+    ]
     count = {"type": "integer", "minimum": 0, "description": "How many were enqueued again."}
     return {
         "/dead": {
@@ -619,12 +835,7 @@ def dead_letter_paths() -> dict[str, Schema]:
                         query(name, schema, schema["description"])
                         for name, schema in filters.items()
                     ),
-                    query(
-                        "limit",
-                        number,
-                        f"Page size; absent or 0 means 50, above {MAX_PAGE} means {MAX_PAGE}.",
-                    ),
-                    query("cursor", number, "The `next_cursor` of the previous page."),
+                    *page_params(),
                 ],
             )
         },
@@ -681,6 +892,83 @@ def dead_letter_paths() -> dict[str, Schema]:
                     "Enqueues a fresh delivery (same event id) and records the replay. 409 "
                     "when its subscriber was deleted or is disabled."
                 ),
+            ),
+        },
+    }
+
+
+def delivery_log_paths() -> dict[str, Schema]:
+    """`/events`, `/events/{id}`, `/subscribers/{id}/stats` and `/subscribers/{id}/test`."""
+    by_subscriber = [param("id", "path", string(), "Subscriber id.", required=True)]
+    seconds = {"type": "number", "description": "Unix time, seconds."}
+    return {
+        "/events": {
+            "get": operation(
+                "listEvents",
+                "List logged events",
+                "delivery log",
+                "admin",
+                {"200": response("A page, newest first.", ref("EventPage"))},
+                errors=(400,),
+                description=(
+                    "Every accepted event within `SWITCH_LOG_RETENTION`, also those that "
+                    "matched nobody, newest (last logged) first."
+                ),
+                parameters=[
+                    query("topic", string(), "Only this topic's events."),
+                    query("author", string(), "Only this author's events."),
+                    query("status", string(enum=list(STATUSES)), STATUS_NOTE),
+                    query("since", seconds, "Only events received at or after this time."),
+                    query("until", seconds, "Only events received before this time."),
+                    *page_params(),
+                ],
+            )
+        },
+        "/events/{id}": {
+            "parameters": [param("id", "path", string(), "Event id.", required=True)],
+            "get": operation(
+                "getEvent",
+                "Show an event's fate",
+                "delivery log",
+                "admin",
+                {"200": response("The event, its attempts and states.", ref("EventDetail"))},
+                errors=(404,),
+            ),
+        },
+        "/subscribers/{id}/stats": {
+            "parameters": by_subscriber,
+            "get": operation(
+                "getSubscriberStats",
+                "A subscriber's delivery statistics",
+                "delivery log",
+                "admin",
+                {"200": response("Over the last hour and day.", ref("SubscriberStats"))},
+                errors=(404,),
+                description=(
+                    "Attempts (HTTP requests, test deliveries included), success rate, "
+                    "p50/p99 latency of all attempts, and the last failed attempt."
+                ),
+            ),
+        },
+        "/subscribers/{id}/test": {
+            "parameters": by_subscriber,
+            "post": operation(
+                "testSubscriber",
+                "Test a subscriber's filter, and its endpoint",
+                "delivery log",
+                "admin",
+                {"200": response("The filter's verdict.", ref("SubscriberTestResult"))},
+                errors=(400, 404, 413),
+                description=(
+                    "Evaluates the filter on a sample payload. With `deliver: true` and a "
+                    "match, sends it once as a real, signed delivery (no retry, no dead "
+                    "letter; a disabled subscriber too), logged as a test event. "
+                    f"{ADMIN_BODY_NOTE}"
+                ),
+                requestBody={
+                    **body(ref("SubscriberTest"), "The sample; an empty body means `{}`."),
+                    "required": False,
+                },
             ),
         },
     }
@@ -747,12 +1035,14 @@ def document(version: str) -> dict[str, Any]:
             {"name": "publishing", "description": "Seed-compatible publishing."},
             {"name": "subscribers", "description": "Who receives which topic (admin)."},
             {"name": "dead letters", "description": "Deliveries that failed for good (admin)."},
+            {"name": "delivery log", "description": "Every event and attempt (admin)."},
             {"name": "operations", "description": "Health, readiness, metrics (no auth)."},
         ],
         "paths": {
             **publish_paths(),
             **subscriber_paths(),
             **dead_letter_paths(),
+            **delivery_log_paths(),
             **operations_paths(),
         },
         "components": {

@@ -18,6 +18,8 @@ from switchd.consumers import ConsumerPool
 from switchd.db import Database
 from switchd.dead_letters import DeadLetterStore, replay
 from switchd.delivery import Deliverer
+from switchd.event_log import EventLog
+from switchd.event_queries import EventQueries
 from switchd.idempotency import IdempotencyKeys
 from switchd.metrics import Metrics
 from switchd.models import Event
@@ -51,7 +53,10 @@ class Switchd:
         self.queue: JobQueue = self.faktory_queue or self.local_queue
         self.dead_letters = DeadLetterStore(self.db)
         self.idempotency = IdempotencyKeys(self.db)
+        self.event_log = EventLog(self.db, self.metrics, settings.log_payloads)
+        self.event_queries = EventQueries(self.db)
         self.session: aiohttp.ClientSession | None = None
+        self.deliverer: Deliverer | None = None
         self.consumers: ConsumerPool | None = None
         self.draining = False
         self._background: list[asyncio.Task[None]] = []
@@ -67,19 +72,21 @@ class Switchd:
                 raise
         await self.registry.reload()
         self.session = _client_session(self.settings)
-        deliverer = Deliverer(self.session, self.settings, self.registry, self.metrics)
+        self.deliverer = Deliverer(self.session, self.settings, self.registry, self.metrics)
         self.consumers = ConsumerPool(
             self.queue,
-            deliverer,
+            self.deliverer,
             self.registry,
             self.store,
             self.settings.consumer_concurrency,
             self.metrics,
+            self.event_log,
         )
         self.consumers.start()
         self._background = [
             asyncio.create_task(_every(RELOAD_POLL_SECONDS, self._reload_if_changed)),
             asyncio.create_task(_every(PURGE_SECONDS, self._purge)),
+            asyncio.create_task(self.event_log.run()),
         ]
         log.info(
             "started",
@@ -96,6 +103,7 @@ class Switchd:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.event_log.close()
         if self.faktory_queue is not None:
             await self.faktory_queue.close()
         if self.session is not None:
@@ -117,6 +125,8 @@ class Switchd:
         )
         if matched:
             await self.queue.enqueue(event, matched)
+        if not matched or self.queue is not self.local_queue:  # else logged with the jobs
+            self.event_log.record_event(event, [s.id for s in matched])
         label = self.registry.topic_label(topic)
         self.metrics.published.labels(label).inc()
         self.metrics.matched.labels(label).inc(len(matched))
@@ -180,11 +190,11 @@ class Switchd:
         return await replay(self.dead_letters, self.queue, self.registry.get, records, strict)
 
     async def _purge(self) -> None:
-        cutoff = time.time() - self.settings.log_retention
-        events = await self.local_queue.purge_events(cutoff)
+        now = time.time()
+        purged = await self.event_log.purge(now - self.settings.log_retention, now)
         keys = await self.idempotency.purge()
-        if events or keys:
-            log.info("purged", events=events, idempotency_keys=keys)
+        if purged or keys:
+            log.info("purged", **purged, idempotency_keys=keys)
 
 
 async def _every(seconds: float, work: Callable[[], Awaitable[None]]) -> None:

@@ -119,12 +119,18 @@ async def start_site(app: web.Application, port: int = 0) -> tuple[web.AppRunner
     return runner, f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
 
 
-@pytest.fixture
-async def sink() -> AsyncIterator[Sink]:
+async def serve_sink() -> tuple[Sink, web.AppRunner]:
+    """A Sink served on 127.0.0.1; clean the runner up when done."""
     recorder = Sink()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", recorder.handle)
     runner, recorder.base_url = await start_site(app)
+    return recorder, runner
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Sink]:
+    recorder, runner = await serve_sink()
     yield recorder
     await runner.cleanup()
 

@@ -49,6 +49,7 @@ def test_defaults_match_the_design() -> None:
     assert settings.quick_retry_max_wait == 5.0
     assert settings.lease_seconds == 0.0
     assert settings.log_retention == 7 * 86400.0
+    assert settings.log_payloads is False
 
 
 def test_unrelated_variables_are_ignored() -> None:
@@ -117,6 +118,12 @@ def test_settings_are_frozen() -> None:
         ("SWITCH_LOG_RETENTION", "3600", "log_retention", 3600.0),
         ("SWITCH_LOG_RETENTION", " 2D ", "log_retention", 172_800.0),
         ("SWITCH_LOG_RETENTION", "1.5h", "log_retention", 5400.0),
+        ("SWITCH_LOG_PAYLOADS", "true", "log_payloads", True),
+        ("SWITCH_LOG_PAYLOADS", " YES ", "log_payloads", True),
+        ("SWITCH_LOG_PAYLOADS", "1", "log_payloads", True),
+        ("SWITCH_LOG_PAYLOADS", "False", "log_payloads", False),
+        ("SWITCH_LOG_PAYLOADS", "no", "log_payloads", False),
+        ("SWITCH_LOG_PAYLOADS", "0", "log_payloads", False),
         ("SWITCH_LOG_LEVEL", "debug", "log_level", "debug"),
         ("SWITCH_LOG_LEVEL", "WARNING", "log_level", "warning"),
         ("SWITCH_LOG_LEVEL", " Error ", "log_level", "error"),
@@ -226,6 +233,8 @@ def test_overrides_take_precedence() -> None:
         ("SWITCH_LOG_RETENTION", "week", "a duration such as 7d"),
         ("SWITCH_LOG_RETENTION", "7w", "a duration such as 7d"),
         ("SWITCH_LOG_RETENTION", "inf", "a duration such as 7d"),
+        ("SWITCH_LOG_PAYLOADS", "on", "true|false"),
+        ("SWITCH_LOG_PAYLOADS", "2", "true|false"),
         ("SWITCH_LOG_LEVEL", "verbose", "one of debug|info|warning|error|critical"),
         ("SWITCH_LOG_FORMAT", "xml", "one of auto|json|console"),
     ],

@@ -3,7 +3,8 @@
 The fuzz run generates requests for every documented operation from the document itself
 (schemathesis strategies driven by Hypothesis, derandomized so CI sees the same requests
 every time) and sends them to a real switchd on 127.0.0.1. The app runs with no
-consumers, so whatever subscribers the fuzzer creates, nothing is ever delivered.
+consumers, so whatever subscribers the fuzzer creates, nothing is delivered but the test
+deliveries `POST /subscribers/{id}/test` sends to the seeded subscribers (the sink).
 """
 
 from __future__ import annotations
@@ -153,14 +154,20 @@ class World:
     live: str  # an enabled subscriber (its target: the sink)
     disabled: str  # a disabled subscriber
     dead: dict[str, tuple[int, str]]  # subscriber id -> (dead letter id, event id)
+    events: list[str]  # in the delivery log
 
     def known(self, path: str) -> dict[str, list[Any]]:
         """Existing values the fuzzer swaps in for generated ids, topics… on `path`."""
-        dead_ids = [dead_id for dead_id, _ in self.dead.values()]
+        ids = {"/dead/": [dead_id for dead_id, _ in self.dead.values()], "/events/": self.events}
         return {
-            "id": dead_ids if path.startswith("/dead/") else [self.live, self.disabled],
+            "id": next(
+                (known for prefix, known in ids.items() if path.startswith(prefix)),
+                [self.live, self.disabled],
+            ),
             "subscriber_id": [self.live, self.disabled, GONE],
             "topic": ["orders"],
+            "author": ["svc"],
+            "deliver": [True],  # POST /subscribers/{id}/test: a real test delivery
             "event_id": [self.dead[self.live][1]],
         }
 
@@ -170,7 +177,8 @@ GONE = "deleted-subscriber"
 
 async def _seed(app: Running, sink: Sink) -> World:
     """Two subscribers (one disabled) and a dead letter for each plus one whose
-    subscriber is gone: every replay outcome is reachable."""
+    subscriber is gone: every replay outcome is reachable. Two logged events, one of them
+    matched (its job waits: there are no consumers)."""
     live = await app.add_subscriber(topic="orders", target_url=sink.url("/live"), secret=True)
     off = await app.add_subscriber(topic="orders", target_url=sink.url("/off"), enabled=False)
     now = time.time()
@@ -195,7 +203,9 @@ async def _seed(app: Running, sink: Sink) -> World:
     await app.service.db.write(graves)
     rows = await app.service.db.fetchall("SELECT id, subscriber_id, event_id FROM dead_letters")
     dead = {row["subscriber_id"]: (row["id"], row["event_id"]) for row in rows}
-    return World(url=app.url, live=live["id"], disabled=off["id"], dead=dead)
+    logged = [(await app.publish(topic, {"body": {}}))[1]["event_id"] for topic in ("orders", "x")]
+    await app.service.event_log.flush()
+    return World(url=app.url, live=live["id"], disabled=off["id"], dead=dead, events=logged)
 
 
 def _with_known_values(case: Any, picks: dict[str, Any]) -> None:
@@ -285,7 +295,8 @@ async def test_fuzz_live_app_from_the_document(
         assert any(200 <= status < 300 for status in statuses), f"never got past errors: {statuses}"
     status, health = await app.call("GET", "/healthz")
     assert status == 200 and health == {"status": "ok"}
-    assert sink.requests == []
+    tested = label == "POST /subscribers/{id}/test"
+    assert {r.path for r in sink.requests} <= ({"/live", "/off"} if tested else set())
 
 
 # --- integer parameters, and the server bug the fuzz run found ----------------------------

@@ -269,9 +269,16 @@ async def test_purge_keeps_events_that_jobs_still_need(start_switchd: StartSwitc
     await app.add_subscriber(topic="kept", target_url=sink.url())
     await app.publish("kept", {"body": {}})
     await app.service.db.write(
-        [("INSERT INTO events VALUES ('old', 'gone', 'svc', 1.0, x'7b7d')", ())]
+        [
+            (
+                "INSERT INTO events (id, topic, author, received_at, payload) "
+                "VALUES ('old', 'gone', 'svc', 1.0, x'7b7d')",
+                (),
+            )
+        ]
     )
-    assert await app.service.local_queue.purge_events(older_than=time.time() + 1) == 1
+    now = time.time()
+    assert await app.service.event_log.purge(older_than=now + 1, now=now) == {"events": 1}
     rows = await app.service.db.fetchall("SELECT topic FROM events")
     assert [r["topic"] for r in rows] == ["kept"]
 

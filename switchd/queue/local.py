@@ -33,8 +33,11 @@ JOB_COLUMNS = (
     "id, event_id, subscriber_id, topic, author, target_url, filter_expression, "
     "attempts, rounds, first_attempt_at, lease"
 )
+# The event's row in the delivery log, stored with its jobs. A replay of an event still
+# in the log keeps the row but puts the payload back (the log purge may have cleared it).
 INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events (id, topic, author, received_at, payload) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO events (id, topic, author, received_at, payload, payload_size, matched) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET payload = excluded.payload"
 )
 INSERT_JOB = (
     "INSERT INTO jobs (event_id, subscriber_id, topic, author, target_url, filter_expression, "
@@ -50,11 +53,6 @@ RETRY = (
     "last_status = ?, last_error = ? WHERE id = ? AND lease = ?"
 )
 RELEASE = "UPDATE jobs SET run_at = ? WHERE id = ? AND lease = ?"
-
-PURGE_EVENTS = (
-    "DELETE FROM events WHERE received_at < ? "
-    "AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id)"
-)
 
 
 class LocalQueue:
@@ -73,10 +71,19 @@ class LocalQueue:
 
     async def enqueue(self, event: Event, subscribers: list[Subscriber]) -> None:
         """Store the event and one job per subscriber in the next group commit."""
+        matched = orjson.dumps([s.id for s in subscribers]).decode()
         statements: list[Statement] = [
             (
                 INSERT_EVENT,
-                (event.id, event.topic, event.author, event.received_at, event.payload_json),
+                (
+                    event.id,
+                    event.topic,
+                    event.author,
+                    event.received_at,
+                    event.payload_json,
+                    len(event.payload_json),
+                    matched,
+                ),
             )
         ]
         statements.extend(
@@ -165,6 +172,7 @@ class LocalQueue:
             params = (run_at, job.rounds + 1, attempts, first, outcome.status, outcome.error)
             statements = [(RETRY, (*params, int(job.id), job.extra["lease"]))]
             disposition = "retry"
+            job.next_retry_at = run_at
         else:
             statements = [bury(job, outcome), (ACK, (int(job.id), job.extra["lease"]))]
         await self.db.write(statements)
@@ -189,12 +197,6 @@ class LocalQueue:
         except Exception as exc:
             return f"local queue: {exc}"
         return None
-
-    async def purge_events(self, older_than: float) -> int:
-        """Delete stored events received before `older_than` that no job needs any more."""
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute(PURGE_EVENTS, (older_than,))
-            return cursor.rowcount
 
     async def stats(self) -> tuple[int, float | None]:
         """Jobs waiting or in flight, and when the oldest of their events arrived."""
