@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import functools
 import hashlib
 import hmac
 import time
@@ -17,14 +18,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
-import aiohttp
 import orjson
 import structlog
 import tenacity
-from yarl import URL
 
 from switchd import __version__
 from switchd.config import Settings
+from switchd.http_client import HttpClient
 from switchd.metrics import Metrics
 from switchd.models import Job
 from switchd.payload import CONTROL_CHARS, HEADER_NAME, HTTP_METHODS, scalar_text
@@ -56,6 +56,7 @@ DROPPED_HEADERS = frozenset(
     }
 )
 MAX_ERROR_BODY = 512
+EVENT_CACHE_SIZE = 1024  # prepared events kept for their other subscribers' jobs
 USER_AGENT = f"switchd/{__version__}"
 Kind = Literal["delivered", "transient", "permanent", "skipped"]
 
@@ -100,15 +101,23 @@ class Request:
     body: bytes | None
 
 
-def build_request(job: Job, target_url: str, secret: str | None, now: int) -> Request:
-    """The request a job describes: method, URL with params, filtered headers, JSON body."""
+@dataclass(frozen=True)
+class EventRequest:
+    """What is the same in every request for one event, whoever the subscriber."""
+
+    method: str
+    path_params: dict[str, Any]
+    query_params: dict[str, Any]
+    headers: dict[str, str]  # the caller's (filtered) and switchd's, but the timestamp
+    body: bytes | None
+
+
+def prepare(job: Job) -> EventRequest:
+    """Method, params, headers and body of a job's event, encoded once per event."""
     payload = job.payload
     method = str(payload.get("http_method") or "POST").upper()
     if method not in HTTP_METHODS:
         method = "POST"
-    url = build_url(
-        target_url, _dict(payload.get("path_params")), _dict(payload.get("query_params"))
-    )
     body = None if payload.get("body") is None else orjson.dumps(payload["body"])
     headers = _caller_headers(_dict(payload.get("headers")))
     if body is not None and not any(name.lower() == "content-type" for name in headers):
@@ -120,12 +129,35 @@ def build_request(job: Job, target_url: str, secret: str | None, now: int) -> Re
             "X-Switch-Event-Id": job.event_id,
             "X-Switch-Author": _header_safe(job.author),
             "webhook-id": job.event_id,
-            "webhook-timestamp": str(now),
         }
     )
+    path_params, query_params = (
+        _dict(payload.get("path_params")),
+        _dict(payload.get("query_params")),
+    )
+    return EventRequest(method, path_params, query_params, headers, body)
+
+
+def build_request(
+    job: Job, target_url: str, secret: str | None, now: int, event: EventRequest | None = None
+) -> Request:
+    """The request a job describes: method, URL with params, filtered headers, JSON body.
+
+    `event` is `prepare(job)` when the caller already has it."""
+    event = event or prepare(job)
+    if event.path_params or event.query_params:
+        url = build_url(target_url, event.path_params, event.query_params)
+    else:
+        url = _plain_url(target_url)
+    headers = {**event.headers, "webhook-timestamp": str(now)}
     if secret:
-        headers["webhook-signature"] = sign(secret, job.event_id, now, body or b"")
-    return Request(method=method, url=url, headers=headers, body=body)
+        headers["webhook-signature"] = sign(secret, job.event_id, now, event.body or b"")
+    return Request(method=event.method, url=url, headers=headers, body=event.body)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain_url(target_url: str) -> str:
+    return build_url(target_url, {}, {})
 
 
 def build_url(target_url: str, path_params: dict[str, Any], query_params: dict[str, Any]) -> str:
@@ -172,10 +204,15 @@ def _caller_headers(headers: dict[str, Any]) -> dict[str, str]:
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     """Standard Webhooks signature: `v1,` + base64 HMAC-SHA256 of `id.timestamp.body`."""
-    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    key = _signing_key(secret)
     signed = f"{message_id}.{timestamp}.".encode() + body
     digest = hmac.new(key, signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
+
+
+@functools.lru_cache(maxsize=4096)
+def _signing_key(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
 
 
 def classify(status: int) -> Kind:
@@ -202,20 +239,20 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 
 class Deliverer:
-    """Sends jobs over one shared client session, with quick in-process retries."""
+    """Sends jobs over one shared HTTP client, with quick in-process retries."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        client: HttpClient,
         settings: Settings,
         registry: Registry,
         metrics: Metrics,
     ) -> None:
-        self.session = session
+        self.client = client
+        self._events: dict[str, tuple[dict[str, Any], EventRequest]] = {}
         self.metrics = metrics
         self.settings = settings
         self.registry = registry
-        self.timeout = aiohttp.ClientTimeout(total=settings.delivery_timeout)
 
     async def deliver(self, job: Job) -> Outcome:
         """Deliver a job, retrying transient failures quickly a few times."""
@@ -275,11 +312,12 @@ class Deliverer:
         status: int | None = None
         retry_after: float | None = None
         try:
-            request = build_request(job, target_url, secret, int(started))
+            event = self._event_request(job)
+            request = build_request(job, target_url, secret, int(started), event)
             status, retry_after, detail = await self._send(request)
             kind = classify(status)
             error = None if kind == "delivered" else f"HTTP {status}{detail}"
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, OSError) as exc:
             kind, error = "transient", _describe(exc)
         except ValueError as exc:  # a URL or header the client refuses: retrying won't help
             kind, error = "permanent", f"invalid request: {exc}"
@@ -300,19 +338,29 @@ class Deliverer:
         tried = Attempt(number, started, duration, status, kind, error)
         return Outcome(kind, status, error, 1, retry_after, attempts=(tried,))
 
+    def _event_request(self, job: Job) -> EventRequest:
+        """`prepare(job)`, shared by the jobs of one event leased together (one payload)."""
+        cached = self._events.get(job.event_id)
+        if cached is not None and cached[0] is job.payload:
+            return cached[1]
+        if len(self._events) >= EVENT_CACHE_SIZE:
+            self._events.clear()
+        event = prepare(job)
+        self._events[job.event_id] = (job.payload, event)
+        return event
+
     async def _send(self, request: Request) -> tuple[int, float | None, str]:
-        async with self.session.request(
+        response = await self.client.request(
             request.method,
-            URL(request.url, encoded=True),
-            headers=request.headers,
-            data=request.body,
-            timeout=self.timeout,
-            allow_redirects=False,
-        ) as response:
-            excerpt = await response.content.read(MAX_ERROR_BODY)
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
-            detail = "" if response.status < 300 else _excerpt(excerpt)
-            return response.status, retry_after, detail
+            request.url,
+            request.headers,
+            request.body,
+            timeout=self.settings.delivery_timeout,
+            excerpt=MAX_ERROR_BODY,
+        )
+        retry_after = parse_retry_after(response.retry_after, time.time())
+        detail = "" if response.status < 300 else _excerpt(response.body)
+        return response.status, retry_after, detail
 
 
 def _excerpt(body: bytes) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
+from typing import TextIO
 
 import orjson
 import structlog
@@ -19,6 +22,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
     else:
         renderer = structlog.dev.ConsoleRenderer()
+    writer = BatchedWriter(sys.stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -28,10 +32,41 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *_: writer,
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=max(LEVELS[level], logging.WARNING), stream=sys.stderr)
+
+
+class BatchedWriter:
+    """A structlog logger writing its lines to stderr once per event-loop iteration.
+
+    A busy loop logs many lines per iteration (one per delivery attempt); one write
+    for all of them saves a system call each. Outside a running loop lines go at once."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+        atexit.register(self.flush)
+
+    def msg(self, message: str) -> None:
+        """Queue one line; schedule the write."""
+        self._lines.append(message + "\n")
+        if len(self._lines) > 1:
+            return  # a flush is already scheduled
+        try:
+            asyncio.get_running_loop().call_soon(self.flush)
+        except RuntimeError:
+            self.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+    def flush(self) -> None:
+        """Write the queued lines."""
+        lines, self._lines = self._lines, []
+        if lines:
+            self._stream.write("".join(lines))
+            self._stream.flush()
 
 
 def _dumps(data: object, **_: object) -> str:

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 import structlog
 
@@ -20,6 +19,7 @@ from switchd.dead_letters import DeadLetterStore, replay
 from switchd.delivery import Deliverer
 from switchd.event_log import EventLog
 from switchd.event_queries import EventQueries
+from switchd.http_client import HttpClient
 from switchd.idempotency import IdempotencyKeys
 from switchd.metrics import Metrics
 from switchd.models import Event
@@ -55,7 +55,7 @@ class Switchd:
         self.idempotency = IdempotencyKeys(self.db)
         self.event_log = EventLog(self.db, self.metrics, settings.log_payloads)
         self.event_queries = EventQueries(self.db)
-        self.session: aiohttp.ClientSession | None = None
+        self.http_client: HttpClient | None = None
         self.deliverer: Deliverer | None = None
         self.consumers: ConsumerPool | None = None
         self.draining = False
@@ -71,8 +71,8 @@ class Switchd:
                 await self.db.close()
                 raise
         await self.registry.reload()
-        self.session = _client_session(self.settings)
-        self.deliverer = Deliverer(self.session, self.settings, self.registry, self.metrics)
+        self.http_client = HttpClient()
+        self.deliverer = Deliverer(self.http_client, self.settings, self.registry, self.metrics)
         self.consumers = ConsumerPool(
             self.queue,
             self.deliverer,
@@ -106,8 +106,8 @@ class Switchd:
         await self.event_log.close()
         if self.faktory_queue is not None:
             await self.faktory_queue.close()
-        if self.session is not None:
-            await self.session.close()
+        if self.http_client is not None:
+            await self.http_client.close()
         await self.db.close()
         log.info("stopped")
 
@@ -205,14 +205,3 @@ async def _every(seconds: float, work: Callable[[], Awaitable[None]]) -> None:
             await work()
         except Exception as exc:
             log.warning("background_task_failed", task=work.__name__, error=str(exc))
-
-
-def _client_session(settings: Settings) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        skip_auto_headers=("Accept-Encoding",),
-        trust_env=False,
-    )
