@@ -238,6 +238,27 @@ def compile_filter(expression: str | None) -> CompiledFilter:
     return CompiledFilter(source=source, tree=tree.body)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What a filter says of one sample: whether it compiles, whether it matches, and the
+    compile or evaluation error, if any."""
+
+    valid: bool
+    matches: bool | None  # None when it does not compile
+    error: str | None
+
+
+def check_filter(expression: str | None, data: dict[str, Any]) -> Verdict:
+    """Compile `expression` and evaluate it on `data` as subscribers do, explaining errors
+    (for tools and the console, not the publish path)."""
+    try:
+        compiled = compile_filter(expression)
+    except FilterError as exc:
+        return Verdict(valid=False, matches=None, error=str(exc))
+    matched, error = compiled.explain(data)
+    return Verdict(valid=True, matches=matched, error=error)
+
+
 def _check_tree(tree: ast.Expression) -> None:
     count = 0
     stack: list[tuple[ast.AST, int]] = [(tree, 0)]

@@ -1,4 +1,4 @@
-"""The HTTP API: publishing, subscribers, health. Every error is a JSON body."""
+"""The HTTP API: publishing, subscribers, health, the console. Every error is a JSON body."""
 
 from __future__ import annotations
 
@@ -14,14 +14,17 @@ from switchd.auth import AuthError, Principal, bearer_token
 from switchd.dead_letters import DeadFilter, ReplayRefused
 from switchd.errors import ApiError, InvalidInput
 from switchd.event_queries import STATUSES, EventFilter
+from switchd.filters import check_filter
 from switchd.idempotency import fingerprint, validate_key
 from switchd.metrics import CONTENT_TYPE
+from switchd.overview import DEFAULT_MINUTES, MAX_MINUTES, overview
 from switchd.pagination import DEFAULT_PAGE
-from switchd.payload import load_json_object, parse_publish
+from switchd.payload import load_json_object, parse_publish, validate_payload
 from switchd.probe import evaluate, parse_request, send_test
 from switchd.queue.base import QueueUnavailable
 from switchd.service import Switchd
 from switchd.subscribers import Subscriber, validate_fields
+from switchd.web_console import add_routes as add_console_routes
 
 log = structlog.get_logger("switchd.http")
 SERVICE: web.AppKey[Switchd] = web.AppKey("switchd", Switchd)
@@ -361,6 +364,33 @@ async def probe_subscriber(request: web.Request) -> web.Response:
     return json_response({"match": match, "error": error, "delivery": delivery})
 
 
+async def check_filter_expression(request: web.Request) -> web.Response:
+    """POST /filters/check: compile an expression and evaluate it on a sample payload."""
+    authenticate(request, admin=True)
+    body = await read_json_object(request)
+    unknown = sorted(set(body) - {"expression", "data"})
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(map(repr, unknown))}")
+    expression, data = body.get("expression"), body.get("data", {})
+    if not isinstance(expression, str):
+        raise InvalidInput("'expression' must be a string", "invalid_filter")
+    if not isinstance(data, dict):
+        raise InvalidInput("'data' must be a JSON object (a payload)", "invalid_payload")
+    verdict = check_filter(expression, validate_payload(data))
+    return json_response(
+        {"valid": verdict.valid, "matches": verdict.matches, "error": verdict.error}
+    )
+
+
+async def get_overview(request: web.Request) -> web.Response:
+    """GET /overview: per-minute counts for the console's charts, and the queue's state."""
+    authenticate(request, admin=True)
+    minutes = _int_param(request, "minutes", DEFAULT_MINUTES)
+    if minutes is None or not 1 <= minutes <= MAX_MINUTES:
+        raise InvalidInput(f"'minutes' must be 1..{MAX_MINUTES}")
+    return json_response(await overview(request.app[SERVICE], minutes))
+
+
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: Prometheus text format."""
     body = await request.app[SERVICE].render_metrics()
@@ -414,8 +444,11 @@ def create_app(service: Switchd) -> web.Application:
     app.router.add_delete("/dead/{id}", delete_dead)
     app.router.add_get("/events", list_events)
     app.router.add_get("/events/{id}", get_event)
+    app.router.add_post("/filters/check", check_filter_expression)
+    app.router.add_get("/overview", get_overview)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_json)
+    add_console_routes(app)
     return app

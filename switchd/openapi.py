@@ -15,6 +15,7 @@ from switchd.event_queries import STATES, STATUSES
 from switchd.filters import MAX_EXPRESSION_LENGTH
 from switchd.http_api import MAX_ADMIN_BODY
 from switchd.idempotency import MAX_KEY_LENGTH
+from switchd.overview import BUCKET_SECONDS, DEFAULT_MINUTES, MAX_MINUTES, SERIES
 from switchd.pagination import DEFAULT_PAGE, MAX_PAGE
 from switchd.payload import (
     HEADER_NAME,
@@ -556,6 +557,85 @@ def subscriber_test_result() -> Schema:
     )
 
 
+def filter_check() -> Schema:
+    """`POST /filters/check` body."""
+    return obj(
+        {
+            "expression": string(
+                f"A filter expression (DESIGN §5). One that does not compile (e.g. longer "
+                f"than {MAX_EXPRESSION_LENGTH} characters) is answered `valid: false`."
+            ),
+            "data": {
+                **ref("PublishPayload"),
+                "description": "The sample payload `data` stands for; default `{}`.",
+            },
+        },
+        required=("expression",),
+    )
+
+
+def filter_check_result() -> Schema:
+    """`POST /filters/check` answer."""
+    return obj(
+        {
+            "valid": {"type": "boolean", "description": "Whether the expression compiles."},
+            "matches": nullable(
+                {
+                    "type": "boolean",
+                    "description": "Whether it accepts the sample; null when not valid.",
+                }
+            ),
+            "error": nullable(
+                string("Why it does not compile, or why evaluating it failed (no match).")
+            ),
+        }
+    )
+
+
+def overview() -> Schema:
+    """`GET /overview` answer."""
+    count = {"type": "integer", "minimum": 0}
+    per_minute = {"type": "array", "items": count, "description": "Oldest minute first."}
+    names = tuple(SERIES)
+    return obj(
+        {
+            "now": timestamp("Server time of this answer"),
+            "start": timestamp("Start of the first bucket (a whole minute)"),
+            "bucket_seconds": {"type": "integer", "enum": [BUCKET_SECONDS]},
+            "series": obj(
+                dict.fromkeys(names, per_minute),
+                description="`published`: events accepted (test deliveries excluded); "
+                "`delivered`, `failed`: HTTP attempts by outcome (failed: transient or "
+                "permanent); `dead`: dead letters created. The last bucket is the current, "
+                "partial minute.",
+            ),
+            "totals": obj(dict.fromkeys(names, count), description="Sums over the window."),
+            "queue": obj(
+                {
+                    "backend": string(enum=["local", "faktory"]),
+                    "depth": {
+                        **count,
+                        "description": "Jobs waiting or in flight in switchd's own queue "
+                        "(under Faktory: jobs spilled there while Faktory was down).",
+                    },
+                    "oldest_age_seconds": nullable(
+                        {
+                            "type": "number",
+                            "minimum": 0,
+                            "description": "Age of the oldest of those jobs' events.",
+                        }
+                    ),
+                },
+                required=("backend", "depth", "oldest_age_seconds"),
+                closed=False,
+                description="With Faktory also its state, as `/readyz` shows it.",
+            ),
+            "ready": {"type": "boolean", "description": "What `/readyz` would answer."},
+            "reasons": {"type": "array", "items": string(), "description": "Why not ready."},
+        }
+    )
+
+
 def status_body(*statuses: str, reasons: bool = False) -> Schema:
     """`{"status": ...}` bodies of the operations endpoints."""
     properties: dict[str, Schema] = {"status": string(enum=list(statuses))}
@@ -627,6 +707,9 @@ def schemas() -> dict[str, Schema]:
         "SubscriberStats": subscriber_stats(),
         "SubscriberTest": subscriber_test(),
         "SubscriberTestResult": subscriber_test_result(),
+        "FilterCheck": filter_check(),
+        "FilterCheckResult": filter_check_result(),
+        "Overview": overview(),
         "Health": status_body("ok"),
         "Readiness": status_body("ready", "unavailable", reasons=True),
     }
@@ -974,6 +1057,51 @@ def delivery_log_paths() -> dict[str, Schema]:
     }
 
 
+def console_paths() -> dict[str, Schema]:
+    """`/overview` and `/filters/check`: what the web console at `/console/` needs."""
+    return {
+        "/overview": {
+            "get": operation(
+                "getOverview",
+                "Per-minute activity and queue state",
+                "console",
+                "admin",
+                {"200": response("The series and the queue.", ref("Overview"))},
+                errors=(400,),
+                description=(
+                    "Events published, attempts delivered and failed, dead letters created, "
+                    "per minute over the last `minutes`, from the delivery log (so within "
+                    "`SWITCH_LOG_RETENTION`); the queue's depth, oldest job and state."
+                ),
+                parameters=[
+                    query(
+                        "minutes",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_MINUTES},
+                        f"The window, in minutes (default {DEFAULT_MINUTES}).",
+                    )
+                ],
+            )
+        },
+        "/filters/check": {
+            "post": operation(
+                "checkFilter",
+                "Evaluate a filter expression on a sample payload",
+                "console",
+                "admin",
+                {"200": response("The verdict.", ref("FilterCheckResult"))},
+                errors=(400, 413),
+                description=(
+                    "Compiles the expression and evaluates it exactly as a subscriber's "
+                    "filter is at publish time (and as `switchd check-filter` does). A "
+                    "sample that `/publish` would refuse is refused (400). "
+                    f"{ADMIN_BODY_NOTE}"
+                ),
+                requestBody=body(ref("FilterCheck"), "The expression and the sample."),
+            )
+        },
+    }
+
+
 def operations_paths() -> dict[str, Schema]:
     """Health, readiness, metrics and this document."""
     readiness = ref("Readiness")
@@ -1036,6 +1164,7 @@ def document(version: str) -> dict[str, Any]:
             {"name": "subscribers", "description": "Who receives which topic (admin)."},
             {"name": "dead letters", "description": "Deliveries that failed for good (admin)."},
             {"name": "delivery log", "description": "Every event and attempt (admin)."},
+            {"name": "console", "description": "What the web console needs (admin)."},
             {"name": "operations", "description": "Health, readiness, metrics (no auth)."},
         ],
         "paths": {
@@ -1043,6 +1172,7 @@ def document(version: str) -> dict[str, Any]:
             **subscriber_paths(),
             **dead_letter_paths(),
             **delivery_log_paths(),
+            **console_paths(),
             **operations_paths(),
         },
         "components": {

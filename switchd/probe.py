@@ -19,7 +19,7 @@ import orjson
 from switchd.delivery import Deliverer
 from switchd.errors import InvalidInput
 from switchd.event_log import EventLog
-from switchd.filters import FilterError, compile_filter
+from switchd.filters import check_filter
 from switchd.models import Event, Job
 from switchd.payload import decode_payload, validate_payload
 from switchd.subscribers import Subscriber
@@ -43,11 +43,10 @@ def parse_request(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
 def evaluate(subscriber: Subscriber, payload: dict[str, Any]) -> tuple[bool, str | None]:
     """Whether the subscriber's filter accepts `payload`, and the error if it raised."""
-    try:
-        compiled = compile_filter(subscriber.filter_expression)
-    except FilterError as exc:
-        return False, f"filter does not compile: {exc}"
-    return compiled.explain(payload)
+    verdict = check_filter(subscriber.filter_expression, payload)
+    if not verdict.valid:
+        return False, f"filter does not compile: {verdict.error}"
+    return bool(verdict.matches), verdict.error
 
 
 async def send_test(

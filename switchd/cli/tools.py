@@ -12,7 +12,7 @@ from switchd.auth import mint
 from switchd.cli.common import CommandFailed, UsageError, add_json_option, emit, print_json
 from switchd.client import SwitchError, publish_event
 from switchd.config import ConfigError, parse_duration
-from switchd.filters import FilterError, compile_filter
+from switchd.filters import check_filter
 from switchd.payload import HTTP_METHODS
 
 
@@ -60,11 +60,10 @@ def run_token(args: argparse.Namespace) -> int:
 
 def run_check_filter(args: argparse.Namespace) -> int:
     """Show whether the expression matches the data, and why not."""
-    data = parse_json_object(args.data, "--data")
-    try:
-        matched, error = compile_filter(args.expression).explain(data)
-    except FilterError as exc:
-        raise UsageError(f"invalid filter: {exc}") from exc
+    verdict = check_filter(args.expression, parse_json_object(args.data, "--data"))
+    if not verdict.valid:
+        raise UsageError(f"invalid filter: {verdict.error}")
+    matched, error = bool(verdict.matches), verdict.error
     if args.json:
         print_json({"match": matched, "error": error})
     else:
