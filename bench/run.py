@@ -168,6 +168,30 @@ async def measure_limit(sink: Process, requests: int) -> dict[str, float]:
     return {"requests_per_s": requests / elapsed}
 
 
+async def measure_delivery_client(sink: Process, requests: int) -> dict[str, float]:
+    """switchd's own delivery client (switchd/http_client.py) posting to the sink, for
+    comparison: how much of the limit is the aiohttp client's cost."""
+    sys.path.insert(0, str(ROOT))
+    from switchd.http_client import HttpClient
+
+    body = orjson.dumps({"order": 1, "items": ["a", "b"]})
+    headers = {"Content-Type": "application/json"}
+    client = HttpClient()
+
+    async def one(i: int) -> float:
+        started = time.perf_counter()
+        response = await client.request("POST", sink.url + "/limit", headers, body, 10, 0)
+        if response.status != 200:
+            raise RuntimeError(f"sink answered {response.status}")
+        return time.perf_counter() - started
+
+    started = time.perf_counter()
+    await run_bounded(requests, CONCURRENCY, one)
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return {"requests_per_s": requests / elapsed}
+
+
 async def add_subscribers(
     client: aiohttp.ClientSession, app: Process, sink: Process, topic: str, count: int
 ) -> None:
@@ -336,6 +360,7 @@ async def main_async(quick: bool) -> dict[str, Any]:
                 for n in (1, 100, 1000, 10_000)
             ]
             results["limit_repeat"] = await measure_limit(sink, int(20_000 * scale))
+            results["delivery_client"] = await measure_delivery_client(sink, int(20_000 * scale))
     finally:
         await sink.stop()
     return results
@@ -357,6 +382,11 @@ def report(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
     rows = [
         ("limit: aiohttp client → sink (median of 2)", f"{limit:,.0f} req/s", "1.00"),
+        (
+            "for comparison: switchd's delivery client → sink",
+            f"{results['delivery_client']['requests_per_s']:,.0f} req/s",
+            ratio(results["delivery_client"]["requests_per_s"]),
+        ),
         (
             "fan-out 1: events accepted",
             f"{f1['events_accepted_per_s']:,.0f} /s",

@@ -3,6 +3,12 @@
 One connection writes (all writes of this process are serialised by an asyncio lock, in
 `BEGIN IMMEDIATE` transactions), another reads. SQLite work runs on aiosqlite's threads,
 never on the event loop.
+
+Durability: a write that a promise rests on (a publish's 202, a subscriber change) is
+committed with `synchronous=FULL`, so its COMMIT waits for the disk. Bookkeeping whose
+loss at a power cut only means a job is delivered once more (leases, acks, retries, the
+delivery log) is committed with `synchronous=NORMAL`: safe from a process crash, and
+made durable by the next FULL commit, which syncs the whole write-ahead log.
 """
 
 from __future__ import annotations
@@ -144,6 +150,8 @@ class Database:
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._pending: list[tuple[list[Statement], asyncio.Future[None]]] = []
+        self._pending_durable = False
+        self._synchronous: str | None = "FULL"  # the writer's setting; None: unknown
         self._flusher: asyncio.Task[None] | None = None
         self.commits = 0  # group commits so far
         self.committed_writes = 0  # write() calls they carried
@@ -167,11 +175,13 @@ class Database:
         self._reader = self._writer = None
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction of its own (BEGIN IMMEDIATE … COMMIT, rollback on error)."""
+    async def transaction(self, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction of its own (BEGIN IMMEDIATE … COMMIT, rollback on error);
+        `durable=False` for bookkeeping a power cut may undo (see the module's doc)."""
         writer = self._require(self._writer)
         async with self._lock:
             try:
+                await self._set_synchronous(writer, "FULL" if durable else "NORMAL")
                 await writer.execute("BEGIN IMMEDIATE")
                 yield writer
                 await writer.execute("COMMIT")  # may fail too (disk full): then roll back
@@ -182,14 +192,22 @@ class Database:
                     await asyncio.shield(writer.execute("ROLLBACK"))
                 raise
 
-    async def write(self, statements: list[Statement]) -> None:
-        """Run statements durably; concurrent callers share one transaction and one fsync.
+    async def _set_synchronous(self, writer: aiosqlite.Connection, level: str) -> None:
+        if level != self._synchronous:
+            self._synchronous = None  # until the pragma is known to have run (cancellation)
+            await writer.execute(f"PRAGMA synchronous={level}")
+            self._synchronous = level
 
-        Statements of one batch may be reordered (grouped by SQL text), so callers must
-        only submit statements whose effect does not depend on each other's order.
+    async def write(self, statements: list[Statement], durable: bool = True) -> None:
+        """Run statements; concurrent callers share one transaction and one fsync.
+
+        The shared commit is durable when any of its writes asks to be. Statements of one
+        batch may be reordered (grouped by SQL text), so callers must only submit
+        statements whose effect does not depend on each other's order.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((statements, future))
+        self._pending_durable = self._pending_durable or durable
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         await asyncio.shield(future)
@@ -197,8 +215,9 @@ class Database:
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
+            durable, self._pending_durable = self._pending_durable, False
             try:
-                async with self.transaction() as conn:
+                async with self.transaction(durable) as conn:
                     for sql, rows in _grouped(s for statements, _ in batch for s in statements):
                         await conn.executemany(sql, rows)
             except Exception as exc:

@@ -161,7 +161,7 @@ class EventLog:
                 count = min(len(self._rows), WRITE_ROWS)
                 batch = [self._rows.popleft() for _ in range(count)]
                 try:
-                    await self.db.write(batch)
+                    await self.db.write(batch, durable=False)
                 except Exception:
                     self._rows.extendleft(reversed(batch))
                     self._trim()
@@ -189,7 +189,7 @@ class EventLog:
     async def _purge_events(self, older_than: float) -> int:
         total = 0
         while True:
-            async with self.db.transaction() as conn:
+            async with self.db.transaction(durable=False) as conn:
                 rows = list(await conn.execute_fetchall(PURGE_EVENTS, (older_than, PURGE_ROWS)))
                 await conn.executemany(PURGE_EVENT_ATTEMPTS, [(row[0],) for row in rows])
             total += len(rows)
@@ -200,7 +200,7 @@ class EventLog:
         """Run a chunked statement (`?` bound, `?` chunk size) until a chunk is short."""
         total = 0
         while True:
-            async with self.db.transaction() as conn:
+            async with self.db.transaction(durable=False) as conn:
                 count = (await conn.execute(sql, (bound, PURGE_ROWS))).rowcount
             total += count
             if count < PURGE_ROWS:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from switchd.db import Database
 from tests.conftest import Running, Sink, StartSwitchd
 
 
@@ -117,3 +118,34 @@ async def test_locked_beyond_busy_timeout(start_switchd: StartSwitchd, sink: Sin
         locker.execute("ROLLBACK")
         locker.close()
     await assert_recovered(app, sink, deliveries=1)
+
+
+async def test_durable_writes_commit_with_full_sync_bookkeeping_with_normal(tmp_path: Path):
+    """A publish's commit waits for the disk (FULL) even right after bookkeeping commits
+    (NORMAL), and a group commit mixing both is durable."""
+    db = Database(str(tmp_path / "sync.db"))
+    await db.open()
+    committed: list[str] = []
+    writer = db._writer
+    assert writer is not None
+    await writer.set_trace_callback(committed.append)
+
+    def levels() -> list[str]:  # the synchronous level in force at each COMMIT
+        level, seen = "FULL", []
+        for sql in committed:
+            if sql.startswith("PRAGMA synchronous="):
+                level = sql.removeprefix("PRAGMA synchronous=")
+            elif sql == "COMMIT":
+                seen.append(level)
+        return seen
+
+    row = ("INSERT OR REPLACE INTO meta VALUES ('k', 1)", ())
+    try:
+        await db.write([row], durable=False)
+        await db.write([row])
+        async with db.transaction(durable=False):
+            pass
+        await asyncio.gather(db.write([row], durable=False), db.write([row]))
+        assert levels() == ["NORMAL", "FULL", "NORMAL", "FULL"]
+    finally:
+        await db.close()

@@ -145,7 +145,7 @@ class LocalQueue:
     async def lease(self, limit: int, seconds: float) -> list[Job]:
         """Lease up to `limit` due jobs for `seconds`."""
         now = time.time()
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(durable=False) as conn:
             rows = list(await conn.execute_fetchall(LEASE, (now + seconds, now, max(1, limit))))
         if not rows:
             return []
@@ -175,7 +175,8 @@ class LocalQueue:
             job.next_retry_at = run_at
         else:
             statements = [bury(job, outcome), (ACK, (int(job.id), job.extra["lease"]))]
-        await self.db.write(statements)
+        # Not durable: at a power cut the job's lease would expire and it would run again.
+        await self.db.write(statements, durable=False)
         return disposition
 
     def _delay(self, rounds: int, retry_after: float | None) -> float:
@@ -188,7 +189,8 @@ class LocalQueue:
         self._buffer.clear()
         if jobs:
             now = time.time()
-            await self.db.write([(RELEASE, (now, int(j.id), j.extra["lease"])) for j in jobs])
+            releases = [(RELEASE, (now, int(j.id), j.extra["lease"])) for j in jobs]
+            await self.db.write(releases, durable=False)
 
     async def check(self) -> str | None:
         """None when the jobs table can be read."""
