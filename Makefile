@@ -3,9 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STATE := .state
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run sink test bench lint format clean
+.PHONY: run sink test bench lint format clean screenshots
 
 $(BIN)/switchd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +28,18 @@ run: $(BIN)/switchd $(STATE)/dev-secret
 sink: $(BIN)/switchd
 	$(BIN)/python bench/sink.py --port 9000
 
-test: $(BIN)/switchd
+# The console's browser tests drive Debian's chromium (Playwright downloads no browser).
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
+
+test: $(BIN)/switchd $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
+
+screenshots: $(BIN)/switchd $(CHROMIUM)
+	$(BIN)/python tools/screenshots.py docs/console
 
 bench: $(BIN)/switchd
 	$(BIN)/python bench/run.py

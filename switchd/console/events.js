@@ -77,8 +77,7 @@ export function eventsView(main) {
   }
 
   function row(event) {
-    const button = h("button", { type: "button", "aria-expanded": "false",
-      "aria-label": `Attempts of event ${event.id}` }, "Attempts");
+    const button = h("button", { type: "button", "aria-expanded": "false" }, "Attempts");
     const tr = h("tr", { "data-id": event.id },
       h("td", {}, when(event.received_at)),
       h("td", {}, event.topic, event.test && h("span", { className: "sub" }, "test delivery")),
