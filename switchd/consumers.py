@@ -101,7 +101,7 @@ class ConsumerPool:
 
     async def _process(self, job: Job) -> None:
         outcome = await self.deliverer.deliver(job)
-        self.metrics.deliveries.labels(outcome.kind).inc()
+        self.metrics.child(self.metrics.deliveries, outcome.kind).inc()
         if outcome.gone and job.subscriber_id:
             await self._disable(job.subscriber_id)
         if outcome.kind == "skipped":
@@ -114,7 +114,7 @@ class ConsumerPool:
         while True:
             try:
                 disposition = await self.queue.settle(job, outcome)
-                self.metrics.settled.labels(disposition).inc()
+                self.metrics.child(self.metrics.settled, disposition).inc()
                 return disposition
             except Exception as exc:
                 # The lease keeps the job safe; retry until the store answers again.

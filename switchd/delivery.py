@@ -322,7 +322,7 @@ class Deliverer:
         except ValueError as exc:  # a URL or header the client refuses: retrying won't help
             kind, error = "permanent", f"invalid request: {exc}"
         duration = time.time() - started
-        self.metrics.requests.labels(kind).inc()
+        self.metrics.child(self.metrics.requests, kind).inc()
         self.metrics.latency.observe(duration)
         log.info(
             "delivery_attempt",

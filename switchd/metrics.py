@@ -20,6 +20,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[Counter, str], Counter] = {}
         r = self.registry
         self.published = Counter(
             "switchd_events_published", "Events accepted by /publish", ["topic"], registry=r
@@ -96,6 +97,15 @@ class Metrics:
             "Delivery-log rows dropped because the log buffer was full (database unwritable)",
             registry=r,
         )
+
+    def child(self, metric: Counter, label: str) -> Counter:
+        """`metric.labels(label)`, remembered: labels() validates and locks on every call.
+        Only for bounded label values (outcomes, topic labels)."""
+        key = (metric, label)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(label)
+        return found
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

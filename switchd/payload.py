@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import unicodedata
 from typing import Any
@@ -51,13 +52,19 @@ def validate_topic(topic: object) -> str:
     """A topic is a string of 1–255 characters without control characters."""
     if not isinstance(topic, str):
         raise InvalidInput("'topic' must be a string", "invalid_topic")
-    if not 1 <= len(topic) <= MAX_TOPIC_LENGTH:
-        raise InvalidInput(f"'topic' must be 1..{MAX_TOPIC_LENGTH} characters", "invalid_topic")
-    if CONTROL_CHARS.search(topic) or any(unicodedata.category(c) == "Cf" for c in topic):
-        raise InvalidInput(
-            "'topic' must not contain control or format (e.g. bidi) characters", "invalid_topic"
-        )
+    problem = _topic_problem(topic)
+    if problem:
+        raise InvalidInput(problem, "invalid_topic")
     return topic
+
+
+@functools.lru_cache(maxsize=1024)  # publishers reuse a few topics
+def _topic_problem(topic: str) -> str | None:
+    if not 1 <= len(topic) <= MAX_TOPIC_LENGTH:
+        return f"'topic' must be 1..{MAX_TOPIC_LENGTH} characters"
+    if CONTROL_CHARS.search(topic) or any(unicodedata.category(c) == "Cf" for c in topic):
+        return "'topic' must not contain control or format (e.g. bidi) characters"
+    return None
 
 
 def decode_payload(value: object) -> dict[str, Any]:

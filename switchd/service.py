@@ -128,8 +128,8 @@ class Switchd:
         if not matched or self.queue is not self.local_queue:  # else logged with the jobs
             self.event_log.record_event(event, [s.id for s in matched])
         label = self.registry.topic_label(topic)
-        self.metrics.published.labels(label).inc()
-        self.metrics.matched.labels(label).inc(len(matched))
+        self.metrics.child(self.metrics.published, label).inc()
+        self.metrics.child(self.metrics.matched, label).inc(len(matched))
         self.metrics.publish_latency.observe(time.perf_counter() - started)
         log.info("published", event_id=event.id, topic=topic, author=author, matched=len(matched))
         return {
