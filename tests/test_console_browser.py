@@ -203,29 +203,31 @@ async def test_filter_editor_evaluates_as_you_type(console: Console, start_switc
     console.expected = ["status of 400"]  # the refused save
 
 
+async def tab(page: Page, times: int) -> str:
+    """Press Tab `times` times; the focused element's id, or else its text."""
+    for _ in range(times):
+        await page.keyboard.press("Tab")
+    return await page.evaluate(
+        "document.activeElement.id || document.activeElement.textContent.trim()"
+    )
+
+
 async def test_keyboard_only_sign_in_and_navigation(console: Console, start_switchd: StartSwitchd):
     app = await start_switchd(consumer_concurrency=0)
     page = console.page
-    keys = page.keyboard
     await console.open(app)
-    focused = "document.activeElement.id || document.activeElement.textContent.trim()"
-    assert await page.evaluate(focused) == "token"  # the token field has the focus
-    await keys.type(ADMIN)
-    await keys.press("Enter")
+    assert await tab(page, 0) == "token"  # the token field has the focus
+    await page.keyboard.type(ADMIN)
+    await page.keyboard.press("Enter")
     await expect(page.get_by_role("heading", name="Overview")).to_be_focused()
 
     await page.evaluate("document.activeElement.blur()")
-    await keys.press("Tab")
-    assert await page.evaluate(focused) == "Skip to content"
-    await keys.press("Tab")
-    await keys.press("Tab")
-    assert await page.evaluate(focused) == "Subscribers"
+    assert await tab(page, 1) == "Skip to content"
+    assert await tab(page, 2) == "Subscribers"
     outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline == "solid", "focus is visible"
-    await keys.press("Enter")
+    await page.keyboard.press("Enter")
     await expect(page.get_by_role("heading", name="Subscribers")).to_be_focused()
-    await keys.press("Tab")
-    await keys.press("Tab")
-    assert await page.evaluate(focused) == "Add subscriber"
-    await keys.press("Enter")
+    assert await tab(page, 2) == "Add subscriber"
+    await page.keyboard.press("Enter")
     await expect(page.get_by_label("Topic")).to_be_focused()

@@ -1,9 +1,9 @@
 // Dead letters: inspect, replay one, selected or all matching, purge.
 
 import { api } from "./api.js";
-import { confirmDialog, empty, errorBox, field, h, loadMore, notice, when } from "./dom.js";
-
-const PAGE = 50;
+import {
+  confirmDialog, empty, errorBox, field, h, loadMore, notice, pageQuery, showPage, when,
+} from "./dom.js";
 
 function inspect(record) {
   const rows = [
@@ -116,20 +116,13 @@ export function deadView(main) {
   }
 
   async function load(before = null) {
-    const query = new URLSearchParams({ limit: String(PAGE) });
-    if (subscriber.value) query.set("subscriber_id", subscriber.value);
-    if (topic.value) query.set("topic", topic.value);
-    if (before !== null) query.set("cursor", String(before));
+    const where = { subscriber_id: subscriber.value, topic: topic.value };
     try {
-      const page = await api("GET", `/dead?${query}`);
-      if (before === null) body.replaceChildren();
-      body.append(...page.dead_letters.map(row));
+      const page = await api("GET", `/dead?${pageQuery(where, before)}`);
       cursor = page.next_cursor;
-      more.hidden = cursor === null;
-      table.hidden = body.children.length === 0;
-      none.replaceChildren(body.children.length ? "" : (subscriber.value || topic.value)
-        ? empty("No dead letters match these filters.")
-        : empty("No dead letters: every delivery so far succeeded or is still being retried."));
+      showPage({ table, more, none }, page.dead_letters.map(row), cursor, before === null, () =>
+        (where.subscriber_id || where.topic) ? empty("No dead letters match these filters.")
+          : empty("No dead letters: every delivery so far succeeded or is still being retried."));
     } catch (err) {
       problem.replaceChildren(errorBox(err, "Could not load dead letters: "));
     }

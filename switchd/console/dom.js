@@ -8,7 +8,8 @@ export function h(tag, props = {}, ...children) {
     if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
     else el.setAttribute(key === "className" ? "class" : key, value === true ? "" : value);
   }
-  el.append(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
+  const kept = children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false);
+  el.append(...kept);
   return el;
 }
 
@@ -112,4 +113,23 @@ export function loadMore(load) {
   const button = h("button", { type: "button", className: "more", hidden: true }, "Load more");
   button.addEventListener("click", load);
   return button;
+}
+
+/** The query of one page of a newest-first listing: the non-empty `filters`, the cursor. */
+export function pageQuery(filters, before, limit = 50) {
+  const query = new URLSearchParams({ limit: String(limit) });
+  for (const [name, value] of Object.entries(filters)) if (value) query.set(name, value);
+  if (before !== null) query.set("cursor", String(before));
+  return query;
+}
+
+/** Show a page of `rows` in `table` (appended unless `first`), the Load more button when
+ * there is a `next` cursor, and `emptyState()` in `none` when nothing is shown. */
+export function showPage({ table, more, none }, rows, next, first, emptyState) {
+  const body = table.tBodies[0];
+  if (first) body.replaceChildren();
+  body.append(...rows);
+  more.hidden = next === null;
+  table.hidden = body.children.length === 0;
+  none.replaceChildren(body.children.length ? "" : emptyState());
 }

@@ -1,10 +1,11 @@
 // Events: the delivery log, newest first, each event expandable to its attempts.
 
 import { api } from "./api.js";
-import { badge, empty, errorBox, field, h, loadMore, size, when } from "./dom.js";
+import {
+  badge, empty, errorBox, field, h, loadMore, pageQuery, showPage, size, when,
+} from "./dom.js";
 
 const STATUSES = ["delivered", "failed", "pending", "dead", "unmatched", "skipped"];
-const PAGE = 50;
 
 function attemptsTable(attempts) {
   if (!attempts.length) return empty("No attempt yet: the delivery is waiting in the queue.");
@@ -44,10 +45,9 @@ export function eventsView(main) {
   const filters = h("form", { className: "toolbar" }, field("Topic", topic),
     field("Status", status), h("button", { type: "submit" }, "Apply"));
   const problem = h("div", {});
-  const body = h("tbody", {});
   const table = h("table", { className: "events", hidden: true },
     h("thead", {}, h("tr", {}, ...["Received", "Topic", "Author", "Status", "Subscribers", "Size",
-      ""].map((name) => h("th", { scope: "col" }, name)))), body);
+      ""].map((name) => h("th", { scope: "col" }, name)))), h("tbody", {}));
   const none = h("div", {});
   const more = loadMore(() => load(cursor));
   let cursor = null;
@@ -91,27 +91,20 @@ export function eventsView(main) {
   }
 
   async function load(before = null) {
-    const query = new URLSearchParams({ limit: String(PAGE) });
-    if (topic.value) query.set("topic", topic.value);
-    if (status.value) query.set("status", status.value);
-    if (before !== null) query.set("cursor", String(before));
+    const where = { topic: topic.value, status: status.value };
     try {
       if (before === null) {
         const subscribers = (await api("GET", "/subscribers")).subscribers;
         names = new Map(subscribers.map((s) => [s.id, `${s.topic} → ${s.target_url}`]));
       }
-      const page = await api("GET", `/events?${query}`);
+      const page = await api("GET", `/events?${pageQuery(where, before)}`);
       problem.replaceChildren();
-      if (before === null) body.replaceChildren();
-      body.append(...page.events.map(row));
       cursor = page.next_cursor;
-      more.hidden = cursor === null;
-      table.hidden = body.children.length === 0;
-      none.replaceChildren(body.children.length ? "" : (topic.value || status.value)
-        ? empty("No events match these filters.")
-        : empty("No events yet — publish one with ",
-          h("code", {}, "switchd publish orders --body '{\"id\": 1}'"),
-          " or POST /publish with a publisher token."));
+      showPage({ table, more, none }, page.events.map(row), cursor, before === null, () =>
+        (where.topic || where.status) ? empty("No events match these filters.")
+          : empty("No events yet — publish one with ",
+            h("code", {}, "switchd publish orders --body '{\"id\": 1}'"),
+            " or POST /publish with a publisher token."));
     } catch (err) {
       problem.replaceChildren(errorBox(err, "Could not load events: "));
     }
