@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sqlite3
 import time
 from collections import deque
+from functools import partial
 from typing import Any
 
 import orjson
@@ -145,19 +147,10 @@ class LocalQueue:
     async def lease(self, limit: int, seconds: float) -> list[Job]:
         """Lease up to `limit` due jobs for `seconds`."""
         now = time.time()
-        async with self.db.transaction(durable=False) as conn:
-            rows = list(await conn.execute_fetchall(LEASE, (now + seconds, now, max(1, limit))))
-        if not rows:
-            return []
-        ids = sorted({row["event_id"] for row in rows})
-        marks = ",".join("?" * len(ids))
-        payloads = {
-            r["id"]: orjson.loads(r["payload"])
-            for r in await self.db.fetchall(
-                f"SELECT id, payload FROM events WHERE id IN ({marks})", ids
-            )
-        }
-        return [_job(row, payloads.get(row["event_id"], {})) for row in rows]
+        lease = partial(_lease, (now + seconds, now, max(1, limit)))
+        rows, payloads = await self.db.run_transaction(lease, durable=False)
+        loaded = {event_id: orjson.loads(payload) for event_id, payload in payloads}
+        return [_job(row, loaded.get(row["event_id"], {})) for row in rows]
 
     async def settle(self, job: Job, outcome: Outcome) -> Disposition:
         """Ack a delivered or skipped job, retry a transient failure, bury the rest."""
@@ -207,6 +200,19 @@ class LocalQueue:
             "FROM jobs JOIN events ON events.id = jobs.event_id"
         )
         return (int(row[0]), row[1]) if row else (0, None)
+
+
+def _lease(
+    params: tuple[float, float, int], conn: sqlite3.Connection
+) -> tuple[list[Any], list[Any]]:
+    """On the writer's thread, in the lease's transaction: the leased rows, their payloads."""
+    rows = conn.execute(LEASE, params).fetchall()
+    if not rows:
+        return [], []
+    ids = sorted({row["event_id"] for row in rows})
+    marks = ",".join("?" * len(ids))
+    payloads = conn.execute(f"SELECT id, payload FROM events WHERE id IN ({marks})", ids)
+    return rows, payloads.fetchall()
 
 
 def _job(row: Any, payload: dict[str, Any]) -> Job:
