@@ -150,6 +150,7 @@ class Database:
         self.path = path
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._checkpointer: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._pending: list[tuple[list[Statement], asyncio.Future[None]]] = []
         self._pending_durable = False
@@ -167,14 +168,24 @@ class Database:
         await self._migrate(self._writer)
         self._reader = await _connect(self.path)
 
+    async def checkpoint_in_background(self) -> None:
+        """From now on `checkpoint()` (called periodically) copies the write-ahead log into
+        the database on a connection of its own, so no COMMIT pays for a checkpoint."""
+        self._checkpointer = await _connect(self.path)
+        await self._require(self._writer).execute("PRAGMA wal_autocheckpoint=0")
+
+    async def checkpoint(self) -> None:
+        """A passive checkpoint: copies what it can without waiting for readers or writers."""
+        await self._require(self._checkpointer).execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     async def close(self) -> None:
         """Finish queued writes, then close the connections."""
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
-        for conn in (self._reader, self._writer):
+        for conn in (self._checkpointer, self._reader, self._writer):
             if conn is not None:
                 await conn.close()
-        self._reader = self._writer = None
+        self._checkpointer = self._reader = self._writer = None
 
     @asynccontextmanager
     async def transaction(self, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:

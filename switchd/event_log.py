@@ -34,7 +34,7 @@ log = structlog.get_logger("switchd.event_log")
 
 FLUSH_SECONDS = 0.5
 BATCH_ROWS = 500  # a flush starts early once this many rows wait
-WRITE_ROWS = 1000  # rows per database write (one transaction)
+WRITE_ROWS = 100  # rows per database write: short transactions, publishes wait less
 MAX_BUFFERED = 50_000
 PURGE_ROWS = 1000  # rows per purge transaction
 

@@ -32,6 +32,7 @@ from switchd.subscribers import Registry, SubscriberStore
 log = structlog.get_logger("switchd.service")
 RELOAD_POLL_SECONDS = 1.0
 PURGE_SECONDS = 600.0
+CHECKPOINT_SECONDS = 1.0  # write-ahead log copied into the database off the commit path
 WRITE_PROBE_QUIET_SECONDS = 5.0  # readiness probes a write when none committed lately
 
 
@@ -64,6 +65,7 @@ class Switchd:
     async def start(self) -> None:
         """Open the database, load subscribers, start consumers and the change poller."""
         await self.db.open()
+        await self.db.checkpoint_in_background()
         if self.faktory_queue is not None:
             try:
                 await self.faktory_queue.start()
@@ -86,6 +88,7 @@ class Switchd:
         self._background = [
             asyncio.create_task(_every(RELOAD_POLL_SECONDS, self._reload_if_changed)),
             asyncio.create_task(_every(PURGE_SECONDS, self._purge)),
+            asyncio.create_task(_every(CHECKPOINT_SECONDS, self.db.checkpoint)),
             asyncio.create_task(self.event_log.run()),
         ]
         log.info(

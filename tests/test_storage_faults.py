@@ -4,6 +4,7 @@ half-stored, and both recover by themselves once the fault is gone."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -147,5 +148,30 @@ async def test_durable_writes_commit_with_full_sync_bookkeeping_with_normal(tmp_
             pass
         await asyncio.gather(db.write([row], durable=False), db.write([row]))
         assert levels() == ["NORMAL", "FULL", "NORMAL", "FULL"]
+    finally:
+        await db.close()
+
+
+async def test_checkpoints_run_off_the_commit_path(tmp_path: Path):
+    """With background checkpoints, COMMITs never checkpoint (the log grows), and after
+    `checkpoint()` the next writes reuse the log from its start (it stops growing)."""
+    db = Database(str(tmp_path / "wal.db"))
+    await db.open()
+    await db.checkpoint_in_background()
+    wal = str(tmp_path / "wal.db") + "-wal"
+
+    async def write_rows(prefix: str) -> int:
+        for start in range(0, 2000, 20):
+            keys = [(f"{prefix}{start + i}" * 400,) for i in range(20)]
+            await db.write([("INSERT OR REPLACE INTO meta VALUES (?, 1)", k) for k in keys])
+        return await asyncio.to_thread(os.path.getsize, wal)
+
+    try:
+        first = await write_rows("a")
+        second = await write_rows("b")
+        assert second > first  # no checkpoint inside the commits: the log only grew
+        await db.checkpoint()
+        third = await write_rows("c")
+        assert third <= second  # checkpointed: the log was reused from its start
     finally:
         await db.close()
