@@ -58,6 +58,16 @@ function signIn(message = "") {
   input.focus();
 }
 
+/** A URI-decoded part of the hash, or the part itself when it is not valid %-encoding. */
+function decoded(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part;
+  }
+}
+
+/** Show the view the hash names: #/<view>[/<argument>…] (e.g. #/events/<id>). */
 function route() {
   if (!token.get()) {
     signIn();
@@ -65,7 +75,7 @@ function route() {
   }
   leaveView();
   document.body.classList.remove("signed-out");
-  const name = location.hash.replace(/^#\/?/, "").split(/[/?]/)[0];
+  const [name, ...rest] = location.hash.replace(/^#\/?/, "").split("?")[0].split("/");
   const view = VIEWS[name] ? name : "overview";
   for (const link of document.querySelectorAll("#nav a")) {
     if (link.dataset.view === view) link.setAttribute("aria-current", "page");
@@ -73,7 +83,7 @@ function route() {
   }
   document.title = `${document.querySelector(`#nav a[data-view=${view}]`).textContent} · switchd`;
   main.replaceChildren();
-  stopView = VIEWS[view](main) || null;
+  stopView = VIEWS[view](main, rest.filter(Boolean).map(decoded)) || null;
   main.querySelector("h1")?.focus();
 }
 

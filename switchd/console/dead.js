@@ -4,10 +4,12 @@ import { api } from "./api.js";
 import {
   confirmDialog, empty, errorBox, field, h, loadMore, notice, pageQuery, showPage, when,
 } from "./dom.js";
+import { eventHref } from "./events.js";
 
 function inspect(record) {
   const rows = [
-    ["Event", record.event_id], ["Subscriber", record.subscriber_id || "—"],
+    ["Event", h("a", { href: eventHref(record.event_id) }, h("code", {}, record.event_id))],
+    ["Subscriber", record.subscriber_id || "—"],
     ["Target URL", record.target_url], ["Filter", record.filter_expression],
     ["Author", record.author], ["First attempt", when(record.first_attempt_at)],
     ["Last attempt", when(record.last_attempt_at)], ["Replayed", when(record.replayed_at)],
