@@ -137,6 +137,72 @@ async def test_publish_deliver_fail_dead_letter_replay(
     await expect(page.locator(".chart-dead .chart-total")).to_have_text("1")
 
 
+async def test_event_lookup_by_id_and_deep_link(
+    console: Console, start_switchd: StartSwitchd, sink: Sink
+):
+    """From the event_id that POST /publish answered to the event's fate: by the lookup
+    field, by a shared #/events/<id> link (after signing in), and not found."""
+    app = await start_switchd()
+    page = console.page
+    console.expected = ["status of 404"]  # the unknown id's answer
+    await app.add_subscriber(topic="orders", target_url=sink.url("/hook"))
+    sink.script.append(503)  # the first try fails, the quick retry is delivered
+    status, published = await app.publish("orders", {"body": {"n": 1}})
+    assert status == 202
+    event_id = published["event_id"]
+    await event_where(app, event_id, lambda e: e["status"] == "delivered")
+    await console.sign_in(app)
+    await console.view("Events")
+
+    listed = row(page, "events", event_id).locator("code.event-id")
+    await expect(listed).to_have_attribute("title", event_id)
+    await expect(listed).to_have_text(event_id)  # whole, so a selection copies all of it
+    shown = await listed.evaluate("el => [el.clientWidth, el.scrollWidth]")
+    assert shown[0] < shown[1], "the id is shortened on screen"
+
+    found = page.locator("section.found")
+    statuses = found.locator("table.attempts tbody tr td:nth-child(3)")
+    await page.get_by_label("Event id").fill(f" {event_id} ")
+    await page.get_by_label("Event id").press("Enter")
+    await expect(found.get_by_role("heading", level=2)).to_be_focused()
+    await expect(found.locator("h2 .badge")).to_have_text("delivered")
+    await expect(statuses).to_have_text(["503", "200"])
+    await expect(found.locator("table.attempts .badge")).to_have_text(["transient", "delivered"])
+    assert page.url.endswith(f"/console/#/events/{event_id}")
+
+    unknown = "0b7e3f55-no-such-event"
+    await page.get_by_label("Event id").fill(unknown)
+    await page.get_by_role("button", name="Look up").click()
+    await expect(page.get_by_role("alert")).to_contain_text(f"No event with id “{unknown}”")
+    await expect(found).to_have_count(0)
+
+    await page.get_by_label("Author").fill("nobody")
+    await page.get_by_role("button", name="Apply").click()
+    await expect(page.get_by_text("No events match these filters.")).to_be_visible()
+    await page.get_by_label("Author").fill("svc")  # the publisher token's author
+    await page.get_by_role("button", name="Apply").click()
+    await expect(row(page, "events", event_id)).to_be_visible()
+
+    link = f"{app.url}/console/#/events/{event_id}"
+    await page.get_by_role("button", name="Sign out").click()
+    await page.goto("about:blank")
+    await page.goto(link)  # a shared link: sign in first, then straight to the event
+    await page.get_by_label("Admin token").fill(ADMIN)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Events", exact=True)).to_be_visible()
+    await expect(statuses).to_have_text(["503", "200"])
+    await expect(page.get_by_label("Event id")).to_have_value(event_id)
+    assert ADMIN not in page.url
+
+    await page.goto("about:blank")
+    await page.goto(link)  # the same tab keeps its token in sessionStorage
+    await expect(statuses).to_have_text(["503", "200"])
+    await found.get_by_role("button", name="Close").click()
+    await expect(found).to_have_count(0)
+    await expect(page.get_by_label("Event id")).to_be_focused()
+    assert page.url.endswith("/console/#/events")
+
+
 async def test_sign_in_refuses_bad_tokens_and_sign_out_forgets(
     console: Console, start_switchd: StartSwitchd
 ):
