@@ -140,6 +140,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX attempts_failed ON attempts(subscriber_id, at) WHERE outcome != 'delivered';
     CREATE INDEX attempts_at ON attempts(at);
     """,
+    """
+    CREATE INDEX dead_at ON dead_letters(dead_at);
+    """,
 ]
 
 

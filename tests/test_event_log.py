@@ -538,3 +538,21 @@ async def test_test_endpoint_refuses_bad_bodies(
     path = f"/subscribers/{subscriber['id']}/test"
     status, answer = await app.call("POST", path, json=body, headers=app.admin)
     assert status == 400 and answer["error"]["code"] == code, answer
+
+
+async def test_overview_series_are_index_range_scans(tmp_path: Path) -> None:
+    """The console polls the per-minute series every few seconds: each one must read an
+    index range, never scan its whole table."""
+    from switchd.overview import COUNT_PER_BUCKET, SERIES
+
+    db = Database(str(tmp_path / "plan.db"))
+    await db.open()
+    try:
+        for table, column, extra in SERIES.values():
+            sql = COUNT_PER_BUCKET.format(table=table, column=column, extra=extra, bucket=60)
+            plan = " ".join(
+                str(r[3]) for r in await db.fetchall("EXPLAIN QUERY PLAN " + sql, (0, 0, 1))
+            )
+            assert plan.startswith("SEARCH") and f"({column}>? AND {column}<?)" in plan, plan
+    finally:
+        await db.close()
