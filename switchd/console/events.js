@@ -138,7 +138,7 @@ export function eventsView(main, [linked] = []) {
       result = h("section", { className: "found", "aria-labelledby": "found-title" },
         h("div", { className: "found-head" },
           h("h2", { id: "found-title", tabindex: "-1" }, badge(event.status), " ",
-            `${event.topic} from ${event.author}`), close),
+            `${event.topic}, published by ${event.author}`), close),
         h("p", { className: "sub" }, `Received ${when(event.received_at)} · `
           + `${size(event.payload_size)} · matched ${event.matched.length} subscriber`
           + `${event.matched.length === 1 ? "" : "s"}`,
