@@ -115,12 +115,17 @@ async def capture(page: Page, url: str, out: Path) -> None:
     retried = page.locator("table.events tbody tr[data-id]").filter(
         has=page.locator(".badge-delivered")
     )
-    for i in range(await retried.count()):
+    for i in range(await retried.count()):  # an event delivered after a 503: look it up
         candidate = retried.nth(i)
         await candidate.get_by_role("button", name="Attempts").click()
-        if await page.locator("tr.expanded .badge-transient").count():
-            break
+        await expect(page.locator("tr.expanded .detail")).to_be_visible()
+        transient = await page.locator("tr.expanded .badge-transient").count()
         await candidate.get_by_role("button", name="Hide").click()
+        if transient:
+            await page.get_by_label("Event id").fill(await candidate.get_attribute("data-id"))
+            await page.get_by_label("Event id").press("Enter")
+            await expect(page.locator("section.found table.attempts").first).to_be_visible()
+            break
     await page.screenshot(path=out / "events.png")
 
     await page.get_by_role("link", name="Dead letters").click()
