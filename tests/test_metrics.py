@@ -8,8 +8,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Running, Sink, StartSwitchd
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-async def scrape(app: Running) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+
+async def scrape(app: Running) -> Samples:
     async with app.client.get(app.url + "/metrics") as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
@@ -25,6 +27,16 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+async def settled(app: Running, disposition: str, count: int) -> Samples:
+    """The metrics once `count` jobs were settled with `disposition` (5 s at most)."""
+    for _ in range(100):
+        samples = await scrape(app)
+        if value(samples, "switchd_jobs_settled_total", disposition=disposition) >= count:
+            break
+        await asyncio.sleep(0.05)
+    return samples
+
+
 async def test_counters_follow_publishes_and_deliveries(start_switchd: StartSwitchd, sink: Sink):
     app = await start_switchd(retry_schedule=(0.05,), quick_retries=0)
     await app.add_subscriber(topic="orders", target_url=sink.url("/ok"))
@@ -37,14 +49,10 @@ async def test_counters_follow_publishes_and_deliveries(start_switchd: StartSwit
     await app.publish("orders", {"body": {"n": 1}})  # both match
     await app.publish("orders", {"body": {}})  # filter raises KeyError: one match
     await app.publish("nobody-listens", {"body": {}})
-    await sink.wait_for(3)
+    await settled(app, "done", 3)  # answered: the sink's script below is for the next one
     sink.script.extend([503, 503])  # one durable retry, then dead
     await app.publish("orders", {"body": {"n": -1}})
-    for _ in range(100):
-        samples = await scrape(app)
-        if value(samples, "switchd_jobs_settled_total", disposition="dead") >= 1:
-            break
-        await asyncio.sleep(0.05)
+    samples = await settled(app, "dead", 1)
 
     assert value(samples, "switchd_events_published_total", topic="orders") == 3
     assert value(samples, "switchd_events_published_total", topic="other") == 1
