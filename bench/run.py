@@ -34,7 +34,7 @@ SECRET = "bench-secret-bench-secret-bench-secret!"
 CONCURRENCY = 64
 WAIT_LIMIT_SECONDS = 300
 MEMORY_PASSES = 3
-ROUNDS = 3  # throughput figures are medians of this many rounds, each with its own limit
+ROUNDS = 5  # throughput figures are medians of this many rounds, each with its own limit
 
 
 def free_port() -> int:

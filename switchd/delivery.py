@@ -10,7 +10,6 @@ import asyncio
 import base64
 import email.utils
 import functools
-import hashlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable
@@ -206,7 +205,7 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     """Standard Webhooks signature: `v1,` + base64 HMAC-SHA256 of `id.timestamp.body`."""
     key = _signing_key(secret)
     signed = f"{message_id}.{timestamp}.".encode() + body
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    digest = hmac.digest(key, signed, "sha256")
     return "v1," + base64.b64encode(digest).decode()
 
 
