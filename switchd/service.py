@@ -134,7 +134,7 @@ class Switchd:
         self.metrics.child(self.metrics.published, label).inc()
         self.metrics.child(self.metrics.matched, label).inc(len(matched))
         self.metrics.publish_latency.observe(time.perf_counter() - started)
-        log.info("published", event_id=event.id, topic=topic, author=author, matched=len(matched))
+        log.debug("published", event_id=event.id, topic=topic, author=author, matched=len(matched))
         return {
             "event_id": event.id,
             "topic": topic,
