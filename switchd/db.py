@@ -226,7 +226,7 @@ class Database:
         self._pending_durable = self._pending_durable or durable
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        await asyncio.shield(future)
+        await future  # the flush goes on if this caller is cancelled: it is a task of its own
 
     async def run_transaction(
         self, work: Callable[[sqlite3.Connection], T], durable: bool = True
