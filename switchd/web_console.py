@@ -1,7 +1,7 @@
 """The web console: the static files of `switchd/console/`, served at `/console/`.
 
-The files need no token (the API calls they make do). Every response under `/console`
-carries a strict Content-Security-Policy: scripts, styles and API calls from this origin
+The files need no token (the API calls they make do). Every response the console's
+routes give carries a strict Content-Security-Policy: scripts, styles and API calls from this origin
 only, no inline code, no framing. Files are read once when the app is built.
 """
 
@@ -59,8 +59,9 @@ def add_routes(app: web.Application) -> None:
         name = request.match_info.get("name", "index.html")
         asset = assets.get(name)
         if asset is None:
-            raise ApiError(404, "not_found", f"no console file {name!r}")
-        headers = {"ETag": asset.etag, "Cache-Control": CACHE_CONTROL}
+            missing = ApiError(404, "not_found", f"no console file {name!r}")
+            return web.json_response(missing.body(), status=404, headers=SECURITY_HEADERS)
+        headers = {**SECURITY_HEADERS, "ETag": asset.etag, "Cache-Control": CACHE_CONTROL}
         if asset.etag in request.headers.get("If-None-Match", ""):
             return web.Response(status=304, headers=headers)
         return web.Response(
@@ -68,15 +69,9 @@ def add_routes(app: web.Application) -> None:
         )
 
     async def redirect(request: web.Request) -> web.Response:
-        raise web.HTTPFound("console/")  # relative: right behind a path-prefixing proxy
+        # relative: right behind a path-prefixing proxy
+        raise web.HTTPFound("console/", headers=SECURITY_HEADERS)
 
     app.router.add_get(PREFIX, redirect)
     app.router.add_get(PREFIX + "/", serve)
     app.router.add_get(PREFIX + "/{name}", serve)
-    app.on_response_prepare.append(_secure)
-
-
-async def _secure(request: web.Request, response: web.StreamResponse) -> None:
-    """Add the security headers to every response under the console's path."""
-    if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
-        response.headers.update(SECURITY_HEADERS)
