@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import structlog
 
@@ -41,6 +42,8 @@ class ConsumerPool:
         self.event_log = event_log
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: dict[asyncio.Task[None], Job] = {}
+        self._settling: set[asyncio.Task[None]] = set()
+        self._settle_slots = asyncio.Semaphore(max(1, concurrency))
         self._stopping = False
 
     def start(self) -> None:
@@ -55,8 +58,10 @@ class ConsumerPool:
         return len(self._in_flight)
 
     async def stop(self, grace: float) -> None:
-        """Stop taking jobs; give in-flight deliveries `grace` seconds; release the rest."""
+        """Stop taking jobs; give in-flight deliveries and the settling of finished ones
+        `grace` seconds; release the unfinished jobs."""
         self._stopping = True
+        deadline = time.monotonic() + grace
         busy = set(self._in_flight)
         for task in self._tasks:
             if task not in busy:
@@ -72,7 +77,19 @@ class ConsumerPool:
         else:
             unfinished = []
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._finish_settling(deadline - time.monotonic())
         await self.queue.release(unfinished)
+
+    async def _finish_settling(self, timeout: float) -> None:
+        """Wait for detached settles; past `timeout` their jobs' leases expire instead."""
+        if not self._settling:
+            return
+        _, late = await asyncio.wait(set(self._settling), timeout=max(0.0, timeout))
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        if late:
+            log.warning("shutdown_unsettled", jobs=len(late))
 
     async def _run(self) -> None:
         task = asyncio.current_task()
@@ -106,6 +123,24 @@ class ConsumerPool:
             await self._disable(job.subscriber_id)
         if outcome.kind == "skipped":
             log.info("job_skipped", event_id=job.event_id, reason=outcome.error)
+        if not self.queue.settles_detached(job):
+            await self._record(job, outcome)
+            return
+        # The job stays leased until its outcome is committed, so this consumer can take
+        # its next job meanwhile; the outcomes of many consumers then share a commit.
+        await self._settle_slots.acquire()
+        task = asyncio.create_task(self._record(job, outcome))
+        self._settling.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        self._settle_slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("settle_error", error=repr(task.exception()))
+
+    async def _record(self, job: Job, outcome: Outcome) -> None:
+        """Settle the job in its queue, then log its attempts."""
         disposition = await self._settle(job, outcome)
         retry_at = job.next_retry_at if disposition == "retry" else None
         self.event_log.record_attempts(job, outcome, retry_at)

@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from pathlib import Path
 
+import pytest
 from standardwebhooks.webhooks import Webhook
 
 from switchd import __version__
+from switchd.delivery import Outcome
+from switchd.models import Job
+from switchd.queue.base import Disposition
+from switchd.queue.local import LocalQueue
 from tests.conftest import Sink, StartSwitchd, seed_body, seed_token
 
 SEED_FILTER = (
@@ -294,3 +300,33 @@ async def test_concurrent_publishes_share_group_commits(start_switchd: StartSwit
     print(f"100 publishes in {db.commits - commits} commits")
     assert db.commits - commits < 50  # many publishes per transaction
     assert await app.count("jobs") == 100
+
+
+async def test_outcomes_committed_while_consumers_move_on_are_all_kept_at_stop(
+    start_switchd: StartSwitchd, sink: Sink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A consumer takes its next job while its last outcome waits for a commit (slowed
+    down here, as on a busy disk); stopping right after the sink got everything still
+    waits for those commits, so every delivery is acked and logged."""
+    settle = LocalQueue.settle
+
+    async def slow_settle(self: LocalQueue, job: Job, outcome: Outcome) -> Disposition:
+        await asyncio.sleep(0.3)
+        return await settle(self, job, outcome)
+
+    monkeypatch.setattr(LocalQueue, "settle", slow_settle)
+    app = await start_switchd(consumer_concurrency=8)
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    events = 40
+    await asyncio.gather(
+        *(app.service.publish("t", "svc", {"body": {"i": i}}) for i in range(events))
+    )
+    # Before any settle is done, each of the 8 consumers has delivered a second job.
+    await sink.wait_for(16, timeout=0.25)
+    await sink.wait_for(events)
+    await app.service.stop()
+    with sqlite3.connect(tmp_path / "switch.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone() == (0,)
+        outcomes = conn.execute("SELECT outcome, COUNT(*) FROM attempts GROUP BY 1").fetchall()
+    assert outcomes == [("delivered", events)]
+    assert sorted(r.json()["i"] for r in sink.requests) == list(range(events))

@@ -29,6 +29,10 @@ class JobQueue(Protocol):
     async def settle(self, job: Job, outcome: Outcome) -> Disposition:
         """Record a delivery outcome: ack (done), schedule a retry, or dead-letter."""
 
+    def settles_detached(self, job: Job) -> bool:
+        """Whether `settle(job)` may run in a task of its own while the consumer that
+        delivered the job goes on to its next one."""
+
     async def release(self, jobs: list[Job]) -> None:
         """Give unfinished jobs back to the queue at once (shutdown)."""
 

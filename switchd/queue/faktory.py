@@ -404,6 +404,10 @@ class FaktoryQueue:
         await self._settle_command("ACK", {"jid": job.id})
         return "dead"
 
+    def settles_detached(self, job: Job) -> bool:
+        """No: ACK and FAIL go on the connection of the consumer task that fetched it."""
+        return False
+
     async def _settle_command(self, command: str, payload: dict[str, Any]) -> None:
         """Send ACK/FAIL on the task's connection; keep it for later if Faktory is down."""
         try:

@@ -105,6 +105,11 @@ class FallbackQueue:
         queue = self.faktory if "faktory" in job.extra else self.local
         return await queue.settle(job, outcome)
 
+    def settles_detached(self, job: Job) -> bool:
+        """As the queue the job came from says."""
+        queue = self.faktory if "faktory" in job.extra else self.local
+        return queue.settles_detached(job)
+
     async def release(self, jobs: list[Job]) -> None:
         """Give unfinished jobs back to the queues they came from."""
         await self.faktory.release([j for j in jobs if "faktory" in j.extra])

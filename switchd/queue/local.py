@@ -172,6 +172,10 @@ class LocalQueue:
         await self.db.write(statements, durable=False)
         return disposition
 
+    def settles_detached(self, job: Job) -> bool:
+        """Yes: the lease keeps the job safe until its outcome is committed."""
+        return True
+
     def _delay(self, rounds: int, retry_after: float | None) -> float:
         base = self.schedule[rounds] * random.uniform(1 - JITTER, 1 + JITTER)
         return max(base, retry_after or 0.0)
