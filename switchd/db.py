@@ -8,13 +8,17 @@ Durability: a write that a promise rests on (a publish's 202, a subscriber chang
 committed with `synchronous=FULL`, so its COMMIT waits for the disk. Bookkeeping whose
 loss at a power cut only means a job is delivered once more (leases, acks, retries, the
 delivery log) is committed with `synchronous=NORMAL`: safe from a process crash, and
-made durable by the next FULL commit, which syncs the whole write-ahead log.
+made durable by the next FULL commit, which syncs the whole write-ahead log. While
+publishes keep coming (a FULL commit in the last STAY_FULL_SECONDS), bookkeeping commits
+with FULL too: switching the setting back and forth costs more than the sync.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -25,6 +29,11 @@ from typing import Any, TypeVar
 import aiosqlite
 
 BUSY_TIMEOUT_MS = 5000
+# An INSERT's one row of placeholders, which a batch repeats to insert many rows per step.
+ROW_OF_PLACEHOLDERS = re.compile(r"VALUES\s*(\(\?(?:\s*,\s*\?)*\))")
+ROWS_PER_STATEMENT = 64
+CACHED_STATEMENTS = 1024  # prepared statements kept per connection: each row count is one
+STAY_FULL_SECONDS = 1.0
 T = TypeVar("T")
 Statement = tuple[str, Sequence[Any]]
 
@@ -158,6 +167,7 @@ class Database:
         self._pending: list[tuple[list[Statement], asyncio.Future[None]]] = []
         self._pending_durable = False
         self._synchronous: str | None = "FULL"  # the writer's setting; None: unknown
+        self._last_full = float("-inf")  # time.monotonic() of the last durable transaction
         self._flusher: asyncio.Task[None] | None = None
         self.commits = 0  # group commits so far
         self.committed_writes = 0  # write() calls they carried
@@ -197,7 +207,7 @@ class Database:
         writer = self._require(self._writer)
         async with self._lock:
             try:
-                await self._set_synchronous(writer, "FULL" if durable else "NORMAL")
+                await self._set_synchronous(writer, self._level(durable))
                 await writer.execute("BEGIN IMMEDIATE")
                 yield writer
                 await writer.execute("COMMIT")  # may fail too (disk full): then roll back
@@ -207,6 +217,15 @@ class Database:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(writer.execute("ROLLBACK"))
                 raise
+
+    def _level(self, durable: bool) -> str:
+        """The synchronous level for the next transaction (see the module's doc)."""
+        now = time.monotonic()
+        if durable:
+            self._last_full = now
+            return "FULL"
+        recent = now - self._last_full < STAY_FULL_SECONDS
+        return "FULL" if recent and self._synchronous == "FULL" else "NORMAL"
 
     async def _set_synchronous(self, writer: aiosqlite.Connection, level: str) -> None:
         if level != self._synchronous:
@@ -235,8 +254,8 @@ class Database:
         thread in a single hand-off (rolled back if anything raises). For the hot paths:
         group commits and leases."""
         writer = self._require(self._writer)
-        level = "FULL" if durable else "NORMAL"
         async with self._lock:
+            level = self._level(durable)
             pragma = None if level == self._synchronous else f"PRAGMA synchronous={level}"
             if pragma:
                 self._synchronous = None  # until the pragma is known to have run
@@ -312,7 +331,7 @@ async def _user_version(conn: aiosqlite.Connection) -> int:
 
 
 async def _connect(path: str) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn = await aiosqlite.connect(path, isolation_level=None, cached_statements=CACHED_STATEMENTS)
     conn.row_factory = aiosqlite.Row
     await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     await conn.execute("PRAGMA synchronous=FULL")
@@ -340,8 +359,26 @@ def _transact(
 def _execute_groups(
     groups: list[tuple[str, list[Sequence[Any]]]], conn: sqlite3.Connection
 ) -> None:
+    """Each group's rows: a statement with one `VALUES (?, …)` row is run for up to 64 rows
+    at a time. Each SQLite call gives the GIL up and must take it back from the busy event
+    loop, which costs far more than the call itself, so one call per row (executemany) is
+    what made group commits slow."""
     for sql, rows in groups:
-        conn.executemany(sql, rows)
+        if len(rows) == 1 or not ROW_OF_PLACEHOLDERS.search(sql):
+            conn.executemany(sql, rows)
+            continue
+        for start in range(0, len(rows), ROWS_PER_STATEMENT):
+            chunk = rows[start : start + ROWS_PER_STATEMENT]
+            conn.execute(_many_rows(sql, len(chunk)), [value for row in chunk for value in row])
+
+
+@functools.lru_cache(maxsize=CACHED_STATEMENTS)
+def _many_rows(sql: str, rows: int) -> str:
+    """`sql`, whose VALUES clause has one row of placeholders, with `rows` such rows."""
+    match = ROW_OF_PLACEHOLDERS.search(sql)
+    assert match is not None
+    values = ", ".join([match.group(1)] * rows)
+    return sql[: match.start(1)] + values + sql[match.end(1) :]
 
 
 def _grouped(statements: Iterable[Statement]) -> list[tuple[str, list[Sequence[Any]]]]:

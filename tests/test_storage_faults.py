@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from switchd import db as db_module
 from switchd.db import Database
 from tests.conftest import Running, Sink, StartSwitchd
 
@@ -121,9 +122,12 @@ async def test_locked_beyond_busy_timeout(start_switchd: StartSwitchd, sink: Sin
     await assert_recovered(app, sink, deliveries=1)
 
 
-async def test_durable_writes_commit_with_full_sync_bookkeeping_with_normal(tmp_path: Path):
+async def test_durable_writes_commit_with_full_sync_bookkeeping_with_normal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """A publish's commit waits for the disk (FULL) even right after bookkeeping commits
-    (NORMAL), and a group commit mixing both is durable."""
+    (NORMAL), and a group commit mixing both is durable. Bookkeeping stays FULL while
+    durable commits are recent (no switching back and forth under publish load)."""
     db = Database(str(tmp_path / "sync.db"))
     await db.open()
     committed: list[str] = []
@@ -147,7 +151,13 @@ async def test_durable_writes_commit_with_full_sync_bookkeeping_with_normal(tmp_
         async with db.transaction(durable=False):
             pass
         await asyncio.gather(db.write([row], durable=False), db.write([row]))
-        assert levels() == ["NORMAL", "FULL", "NORMAL", "FULL"]
+        assert levels() == ["NORMAL", "FULL", "FULL", "FULL"]
+        monkeypatch.setattr(db_module, "STAY_FULL_SECONDS", 0.0)  # no publish for a while
+        await db.write([row], durable=False)
+        async with db.transaction(durable=False):
+            pass
+        await db.write([row])
+        assert levels()[4:] == ["NORMAL", "NORMAL", "FULL"]
     finally:
         await db.close()
 

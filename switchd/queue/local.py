@@ -45,11 +45,23 @@ INSERT_JOB = (
     "INSERT INTO jobs (event_id, subscriber_id, topic, author, target_url, filter_expression, "
     "run_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-LEASE = (
-    f"UPDATE jobs SET run_at = ?, lease = lease + 1 WHERE id IN "
-    f"(SELECT id FROM jobs WHERE run_at <= ? ORDER BY run_at LIMIT ?) RETURNING {JOB_COLUMNS}"
+# A lease reads every due job and their events' payloads in one row (JSON texts: reading
+# row by row would be a SQLite call per row, and each call hands the GIL back and forth
+# with the busy event loop), then moves those jobs by their ids.
+DUE_JOBS = (
+    f"WITH due AS MATERIALIZED (SELECT {JOB_COLUMNS} FROM jobs WHERE run_at <= ? "
+    "ORDER BY run_at LIMIT ?) "
+    f"SELECT (SELECT json_group_array(json_array({JOB_COLUMNS} + 1)) FROM due), "  # new lease
+    "(SELECT json_group_array(id) FROM due), "
+    "(SELECT json_group_object(id, json(CAST(payload AS TEXT))) FROM events "
+    "WHERE id IN (SELECT event_id FROM due))"
 )
-ACK = "DELETE FROM jobs WHERE id = ? AND lease = ?"
+LEASE = "UPDATE jobs SET run_at = ?, lease = lease + 1 WHERE id IN (SELECT value FROM json_each(?))"
+# Written with a VALUES row so that a group commit deletes many jobs in one step.
+ACK = (
+    "DELETE FROM jobs WHERE id IN (SELECT jobs.id FROM (VALUES (?, ?)) AS acked "
+    "JOIN jobs ON jobs.id = acked.column1 AND jobs.lease = acked.column2)"
+)
 RETRY = (
     "UPDATE jobs SET run_at = ?, rounds = ?, attempts = ?, first_attempt_at = ?, "
     "last_status = ?, last_error = ? WHERE id = ? AND lease = ?"
@@ -149,8 +161,10 @@ class LocalQueue:
         now = time.time()
         lease = partial(_lease, (now + seconds, now, max(1, limit)))
         rows, payloads = await self.db.run_transaction(lease, durable=False)
-        loaded = {event_id: orjson.loads(payload) for event_id, payload in payloads}
-        return [_job(row, loaded.get(row["event_id"], {})) for row in rows]
+        if rows is None:
+            return []
+        loaded = orjson.loads(payloads)
+        return [_job(row, loaded.get(row[1], {})) for row in orjson.loads(rows)]
 
     async def settle(self, job: Job, outcome: Outcome) -> Disposition:
         """Ack a delivered or skipped job, retry a transient failure, bury the rest."""
@@ -206,31 +220,32 @@ class LocalQueue:
         return (int(row[0]), row[1]) if row else (0, None)
 
 
-def _lease(
-    params: tuple[float, float, int], conn: sqlite3.Connection
-) -> tuple[list[Any], list[Any]]:
-    """On the writer's thread, in the lease's transaction: the leased rows, their payloads."""
-    rows = conn.execute(LEASE, params).fetchall()
-    if not rows:
-        return [], []
-    ids = sorted({row["event_id"] for row in rows})
-    marks = ",".join("?" * len(ids))
-    payloads = conn.execute(f"SELECT id, payload FROM events WHERE id IN ({marks})", ids)
-    return rows, payloads.fetchall()
+def _lease(params: tuple[float, float, int], conn: sqlite3.Connection) -> tuple[Any, Any]:
+    """On the writer's thread, in the lease's transaction: the leased jobs and their
+    events' payloads, each as JSON text (None when no job is due)."""
+    until, now, limit = params
+    jobs, ids, payloads = conn.execute(DUE_JOBS, (now, limit)).fetchone()
+    if ids == "[]":
+        return None, None
+    conn.execute(LEASE, (until, ids))
+    return jobs, payloads
 
 
-def _job(row: Any, payload: dict[str, Any]) -> Job:
+def _job(row: list[Any], payload: dict[str, Any]) -> Job:
+    """A job from its DUE_JOBS row (the columns of JOB_COLUMNS, in order)."""
+    (job_id, event_id, subscriber_id, topic, author, target_url, filter_expression) = row[:7]
+    attempts, rounds, first_attempt_at, lease = row[7:]
     return Job(
-        id=str(row["id"]),
-        event_id=row["event_id"],
-        subscriber_id=row["subscriber_id"],
-        topic=row["topic"],
-        author=row["author"],
-        target_url=row["target_url"],
-        filter_expression=row["filter_expression"],
+        id=str(job_id),
+        event_id=event_id,
+        subscriber_id=subscriber_id,
+        topic=topic,
+        author=author,
+        target_url=target_url,
+        filter_expression=filter_expression,
         payload=payload,
-        attempts=row["attempts"],
-        rounds=row["rounds"],
-        first_attempt_at=row["first_attempt_at"],
-        extra={"lease": row["lease"]},
+        attempts=attempts,
+        rounds=rounds,
+        first_attempt_at=first_attempt_at,
+        extra={"lease": lease},
     )
