@@ -31,8 +31,10 @@ import aiosqlite
 BUSY_TIMEOUT_MS = 5000
 # An INSERT's one row of placeholders, which a batch repeats to insert many rows per step.
 ROW_OF_PLACEHOLDERS = re.compile(r"VALUES\s*(\(\?(?:\s*,\s*\?)*\))")
-ROWS_PER_STATEMENT = 64
-CACHED_STATEMENTS = 1024  # prepared statements kept per connection: each row count is one
+# Rows per statement: a batch is split greedily into these sizes (30 rows: 24 + 6), so that
+# a few prepared statements per SQL text serve every batch and memory stays flat.
+ROW_COUNTS = (64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1)
+CACHED_STATEMENTS = 512  # prepared statements kept per connection
 STAY_FULL_SECONDS = 1.0
 T = TypeVar("T")
 Statement = tuple[str, Sequence[Any]]
@@ -359,17 +361,20 @@ def _transact(
 def _execute_groups(
     groups: list[tuple[str, list[Sequence[Any]]]], conn: sqlite3.Connection
 ) -> None:
-    """Each group's rows: a statement with one `VALUES (?, …)` row is run for up to 64 rows
-    at a time. Each SQLite call gives the GIL up and must take it back from the busy event
-    loop, which costs far more than the call itself, so one call per row (executemany) is
-    what made group commits slow."""
+    """Each group's rows: a statement with one `VALUES (?, …)` row is run for many rows at
+    a time (see ROW_COUNTS). Each SQLite call gives the GIL up and must take it back from
+    the busy event loop, which costs far more than the call itself, so one call per row
+    (executemany) is what made group commits slow."""
     for sql, rows in groups:
         if len(rows) == 1 or not ROW_OF_PLACEHOLDERS.search(sql):
             conn.executemany(sql, rows)
             continue
-        for start in range(0, len(rows), ROWS_PER_STATEMENT):
-            chunk = rows[start : start + ROWS_PER_STATEMENT]
-            conn.execute(_many_rows(sql, len(chunk)), [value for row in chunk for value in row])
+        start = 0
+        for count in ROW_COUNTS:
+            while len(rows) - start >= count:
+                chunk = rows[start : start + count]
+                conn.execute(_many_rows(sql, count), [value for row in chunk for value in row])
+                start += count
 
 
 @functools.lru_cache(maxsize=CACHED_STATEMENTS)
