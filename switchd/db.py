@@ -167,6 +167,8 @@ class Database:
         self._checkpointer: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._pending: list[tuple[list[Statement], asyncio.Future[None]]] = []
+        self._pending_work: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
+        self._pending_work = []
         self._pending_durable = False
         self._synchronous: str | None = "FULL"  # the writer's setting; None: unknown
         self._last_full = float("-inf")  # time.monotonic() of the last durable transaction
@@ -244,10 +246,24 @@ class Database:
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((statements, future))
+        self._queued(durable)
+        await future  # the flush goes on if this caller is cancelled: it is a task of its own
+
+    async def run_in_commit(
+        self, work: Callable[[sqlite3.Connection], T], durable: bool = False
+    ) -> T:
+        """Run `work(connection)` on the writer's thread in the next group commit, after
+        its statements (so it sees their rows), and return its result. Leases use it: a
+        lease then costs no transaction of its own, and publishes never queue behind one."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending_work.append((work, future))
+        self._queued(durable)
+        return await future
+
+    def _queued(self, durable: bool) -> None:
         self._pending_durable = self._pending_durable or durable
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        await future  # the flush goes on if this caller is cancelled: it is a task of its own
 
     async def run_transaction(
         self, work: Callable[[sqlite3.Connection], T], durable: bool = True
@@ -268,21 +284,24 @@ class Database:
             return result
 
     async def _flush(self) -> None:
-        while self._pending:
+        while self._pending or self._pending_work:
             batch, self._pending = self._pending, []
+            works, self._pending_work = self._pending_work, []
             durable, self._pending_durable = self._pending_durable, False
             groups = _grouped(s for statements, _ in batch for s in statements)
+            futures = [future for _, future in batch] + [future for _, future in works]
+            commit = partial(_execute_batch, groups, [work for work, _ in works])
             try:
-                await self.run_transaction(partial(_execute_groups, groups), durable)
+                results = await self.run_transaction(commit, durable)
             except Exception as exc:
                 self.write_error = f"{type(exc).__name__}: {exc}"
-                _settle(batch, exc)
+                _settle(futures, [exc] * len(futures))
             else:
                 self.write_error = None
                 self.last_commit = time.monotonic()
                 self.commits += 1
                 self.committed_writes += len(batch)
-                _settle(batch, None)
+                _settle(futures, [None] * len(batch) + results)
 
     async def check_writable(self, quiet_seconds: float, timeout: float) -> str | None:
         """None when the database takes writes: trusted from recent commits, else probed."""
@@ -358,6 +377,16 @@ def _transact(
     return result
 
 
+def _execute_batch(
+    groups: list[tuple[str, list[Sequence[Any]]]],
+    works: list[Callable[[sqlite3.Connection], Any]],
+    conn: sqlite3.Connection,
+) -> list[Any]:
+    """A group commit's work: its statements, then its functions; their results."""
+    _execute_groups(groups, conn)
+    return [work(conn) for work in works]
+
+
 def _execute_groups(
     groups: list[tuple[str, list[Sequence[Any]]]], conn: sqlite3.Connection
 ) -> None:
@@ -393,13 +422,12 @@ def _grouped(statements: Iterable[Statement]) -> list[tuple[str, list[Sequence[A
     return list(groups.items())
 
 
-def _settle(
-    batch: list[tuple[list[Statement], asyncio.Future[None]]], exc: Exception | None
-) -> None:
-    for _, future in batch:
+def _settle(futures: list[asyncio.Future[Any]], outcomes: list[Any]) -> None:
+    """Resolve each future with its result, or fail it with its exception."""
+    for future, outcome in zip(futures, outcomes, strict=True):
         if future.done():
             continue
-        if exc is None:
-            future.set_result(None)
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
         else:
-            future.set_exception(exc)
+            future.set_result(outcome)

@@ -4,6 +4,7 @@ group commits write and delete many rows per statement. Same results as row by r
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 
 from switchd.delivery import Outcome
@@ -58,3 +59,31 @@ async def test_one_group_commit_acks_only_jobs_whose_lease_is_current(
     await asyncio.gather(*(queue.settle(job, delivered) for job in first))  # one group
     left = await app.service.db.fetchall("SELECT id, lease FROM jobs ORDER BY id")
     assert {(str(r[0]), r[1]) for r in left} == {(j.id, 2) for j in again}
+
+
+async def test_a_lease_shares_the_group_commit_that_stores_the_jobs_it_takes(
+    start_switchd: StartSwitchd, sink: Sink
+):
+    app = await start_switchd(consumer_concurrency=0)
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    db, queue = app.service.db, app.service.local_queue
+    commits = db.commits
+    published, leased = await asyncio.gather(
+        app.service.publish("t", "svc", {"body": {"n": 1}}), queue.lease(10, 30)
+    )
+    assert db.commits - commits == 1  # the publish's inserts, then the lease, one COMMIT
+    assert [(job.event_id, job.payload) for job in leased] == [
+        (published["event_id"], {"body": {"n": 1}})
+    ]
+
+
+async def test_a_failed_group_commit_fails_its_lease_too(start_switchd: StartSwitchd):
+    app = await start_switchd(consumer_concurrency=0)
+    bad = ("INSERT INTO no_such_table VALUES (?)", (1,))
+    results = await asyncio.gather(
+        app.service.db.write([bad], durable=False),
+        app.service.local_queue.lease(10, 30),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
+    assert await app.service.local_queue.lease(10, 30) == []  # the next commit works

@@ -158,9 +158,7 @@ class LocalQueue:
 
     async def lease(self, limit: int, seconds: float) -> list[Job]:
         """Lease up to `limit` due jobs for `seconds`."""
-        now = time.time()
-        lease = partial(_lease, (now + seconds, now, max(1, limit)))
-        rows, payloads = await self.db.run_transaction(lease, durable=False)
+        rows, payloads = await self.db.run_in_commit(partial(_lease, seconds, max(1, limit)))
         if rows is None:
             return []
         loaded = orjson.loads(payloads)
@@ -220,14 +218,14 @@ class LocalQueue:
         return (int(row[0]), row[1]) if row else (0, None)
 
 
-def _lease(params: tuple[float, float, int], conn: sqlite3.Connection) -> tuple[Any, Any]:
-    """On the writer's thread, in the lease's transaction: the leased jobs and their
-    events' payloads, each as JSON text (None when no job is due)."""
-    until, now, limit = params
+def _lease(seconds: float, limit: int, conn: sqlite3.Connection) -> tuple[Any, Any]:
+    """On the writer's thread, in a group commit (so jobs it just stored are due too): the
+    leased jobs and their events' payloads, each as JSON text (None when none is due)."""
+    now = time.time()
     jobs, ids, payloads = conn.execute(DUE_JOBS, (now, limit)).fetchone()
     if ids == "[]":
         return None, None
-    conn.execute(LEASE, (until, ids))
+    conn.execute(LEASE, (now + seconds, ids))
     return jobs, payloads
 
 
