@@ -33,7 +33,7 @@ RESULTS = ROOT / "bench" / "results"
 SECRET = "bench-secret-bench-secret-bench-secret!"
 CONCURRENCY = 64
 WAIT_LIMIT_SECONDS = 300
-MEMORY_PASSES = 3
+MEMORY_PASSES = 5
 ROUNDS = 5  # throughput figures are medians of this many rounds, each with its own limit
 # Fixed-rate latency runs at half of each of these fan-out 1 maxima (see measure_round).
 FIXED_RATES = {
