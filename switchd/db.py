@@ -29,7 +29,8 @@ from typing import Any, TypeVar
 import aiosqlite
 
 BUSY_TIMEOUT_MS = 5000
-# An INSERT's one row of placeholders, which a batch repeats to insert many rows per step.
+# The one row of placeholders in a statement's VALUES clause, which a batch repeats to
+# write many rows per SQLite call.
 ROW_OF_PLACEHOLDERS = re.compile(r"VALUES\s*(\(\?(?:\s*,\s*\?)*\))")
 # Rows per statement: a batch is split greedily into these sizes (30 rows: 24 + 6), so that
 # a few prepared statements per SQL text serve every batch and memory stays flat.
@@ -223,7 +224,8 @@ class Database:
                 raise
 
     def _level(self, durable: bool) -> str:
-        """The synchronous level for the next transaction (see the module's doc)."""
+        """The synchronous level for the next transaction (see the module's doc); a
+        durable one is remembered as the latest FULL commit."""
         now = time.monotonic()
         if durable:
             self._last_full = now
@@ -265,12 +267,11 @@ class Database:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
 
-    async def run_transaction(
+    async def _run_transaction(
         self, work: Callable[[sqlite3.Connection], T], durable: bool = True
     ) -> T:
         """Run `work(connection)` in one write transaction, BEGIN to COMMIT on the writer's
-        thread in a single hand-off (rolled back if anything raises). For the hot paths:
-        group commits and leases."""
+        thread in a single hand-off (rolled back if anything raises): a group commit."""
         writer = self._require(self._writer)
         async with self._lock:
             level = self._level(durable)
@@ -292,7 +293,7 @@ class Database:
             futures = [future for _, future in batch] + [future for _, future in works]
             commit = partial(_execute_batch, groups, [work for work, _ in works])
             try:
-                results = await self.run_transaction(commit, durable)
+                results = await self._run_transaction(commit, durable)
             except Exception as exc:
                 self.write_error = f"{type(exc).__name__}: {exc}"
                 _settle(futures, [exc] * len(futures))
