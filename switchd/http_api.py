@@ -238,11 +238,7 @@ async def list_dead(request: web.Request) -> web.Response:
     """GET /dead: newest first, `limit` and `cursor` for the next page."""
     authenticate(request, admin=True)
     where = _dead_filter(dict(request.query))
-    limit = _int_param(request, "limit", DEFAULT_PAGE) or DEFAULT_PAGE
-    records, cursor = await request.app[SERVICE].dead_letters.page(
-        where, limit, _int_param(request, "cursor", None)
-    )
-    return json_response({"dead_letters": records, "next_cursor": cursor})
+    return await _page(request, request.app[SERVICE].dead_letters, where, "dead_letters")
 
 
 async def get_dead(request: web.Request) -> web.Response:
@@ -322,11 +318,14 @@ async def list_events(request: web.Request) -> web.Response:
     """GET /events: the delivery log, newest first, `limit` and `cursor` for the next page."""
     authenticate(request, admin=True)
     where = _event_filter(request)
+    return await _page(request, request.app[SERVICE].event_queries, where, "events")
+
+
+async def _page(request: web.Request, source: Any, where: Any, key: str) -> web.Response:
+    """One page of `source` (`limit` and `cursor` from the query) as `{key, next_cursor}`."""
     limit = _int_param(request, "limit", DEFAULT_PAGE) or DEFAULT_PAGE
-    events, cursor = await request.app[SERVICE].event_queries.page(
-        where, limit, _int_param(request, "cursor", None)
-    )
-    return json_response({"events": events, "next_cursor": cursor})
+    items, cursor = await source.page(where, limit, _int_param(request, "cursor", None))
+    return json_response({key: items, "next_cursor": cursor})
 
 
 async def get_event(request: web.Request) -> web.Response:
