@@ -87,3 +87,75 @@ async def test_a_failed_group_commit_fails_its_lease_too(start_switchd: StartSwi
     )
     assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
     assert await app.service.local_queue.lease(10, 30) == []  # the next commit works
+
+
+async def test_waiting_consumers_each_get_a_job_of_one_lease(
+    start_switchd: StartSwitchd, sink: Sink, monkeypatch
+):
+    app = await start_switchd(consumer_concurrency=0)
+    for i in range(8):
+        await app.add_subscriber(topic="t", target_url=sink.url(f"/{i}"))
+    queue = app.service.local_queue
+    limits: list[int] = []
+    lease = queue.lease
+
+    async def counted(limit: int, seconds: float):
+        limits.append(limit)
+        return await lease(limit, seconds)
+
+    monkeypatch.setattr(queue, "lease", counted)
+    waiting = [asyncio.create_task(queue.next()) for _ in range(8)]
+    await asyncio.sleep(0.05)  # all eight wait on an empty queue
+    await app.service.publish("t", "svc", {"body": {}})  # eight jobs in one commit
+    jobs = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+    assert len({job.id for job in jobs}) == 8
+    assert limits == [8, 8]  # the empty lease, then one for all eight
+
+
+async def test_the_next_lease_starts_before_the_consumers_served_run(
+    start_switchd: StartSwitchd, sink: Sink, monkeypatch
+):
+    app = await start_switchd(consumer_concurrency=0)
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    queue = app.service.local_queue
+    for i in range(3):
+        await app.service.publish("t", "svc", {"body": {"i": i}})
+    steps: list[str] = []
+    lease = queue.lease
+
+    async def one_at_a_time(limit: int, seconds: float):
+        steps.append("lease")
+        return await lease(1, seconds)
+
+    async def consume(name: str) -> None:
+        await queue.next()
+        steps.append(name)
+
+    monkeypatch.setattr(queue, "lease", one_at_a_time)
+    await asyncio.wait_for(asyncio.gather(*(consume(n) for n in "abc")), 5)
+    # Each lease lands one job; the next lease is under way before its consumer runs.
+    assert steps[:4] == ["lease", "lease", "a", "lease"]
+    assert sorted(steps) == ["a", "b", "c", "lease", "lease", "lease"]
+
+
+async def test_a_job_handed_to_a_consumer_as_it_is_cancelled_is_released(
+    start_switchd: StartSwitchd, sink: Sink, monkeypatch
+):
+    app = await start_switchd(consumer_concurrency=0)
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    queue = app.service.local_queue
+    published = await app.service.publish("t", "svc", {"body": {}})
+    lease = queue.lease
+    consumer: asyncio.Task = asyncio.create_task(queue.next())
+
+    async def cancelling(limit: int, seconds: float):
+        jobs = await lease(limit, seconds)
+        asyncio.get_running_loop().call_soon(consumer.cancel)  # before it can resume
+        return jobs
+
+    monkeypatch.setattr(queue, "lease", cancelling)
+    await asyncio.gather(consumer, return_exceptions=True)
+    assert consumer.cancelled()
+    await queue.release([])
+    monkeypatch.undo()
+    assert [job.event_id for job in await queue.lease(10, 30)] == [published["event_id"]]

@@ -78,9 +78,10 @@ class LocalQueue:
         self.db = db
         self.schedule = settings.retry_schedule
         self.lease_seconds = settings.effective_lease
-        self._buffer: deque[Job] = deque()
-        self._waiting = 0
-        self._refill_lock = asyncio.Lock()
+        self._buffer: deque[Job] = deque()  # leased, not yet taken (shutdown releases them)
+        self._waiters: deque[asyncio.Future[Job]] = deque()
+        self._leaser: asyncio.Task[None] | None = None
+        self._closing = False
         self._wake = asyncio.Event()
 
     async def enqueue(self, event: Event, subscribers: list[Subscriber]) -> None:
@@ -123,32 +124,50 @@ class LocalQueue:
 
     async def next(self) -> Job:
         """The next due job, leased to the caller."""
-        self._waiting += 1
-        try:
-            while not self._buffer:
-                async with self._refill_lock:
-                    if not self._buffer:
-                        await self._refill()
+        if self._buffer:
             return self._buffer.popleft()
-        finally:
-            self._waiting -= 1
-
-    async def _refill(self) -> None:
-        self._wake.clear()
-        leasing = asyncio.ensure_future(self.lease(self._waiting, self.lease_seconds))
+        waiter: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if self._leaser is None or self._leaser.done():
+            self._leaser = asyncio.create_task(self._lease_for_waiters())
         try:
-            jobs = await asyncio.shield(leasing)
+            return await waiter
         except asyncio.CancelledError:
-            # Shutdown: keep what was leased in the buffer so release() hands it back.
-            with contextlib.suppress(Exception):
-                self._buffer.extend(await leasing)
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._buffer.appendleft(waiter.result())  # handed over as it was cancelled
             raise
-        if jobs:
-            self._buffer.extend(jobs)
-            return
-        delay = await self._seconds_until_due()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    async def _lease_for_waiters(self) -> None:
+        """Lease jobs for the waiting consumers and hand each its job directly, one lease
+        after another while any wait. The next lease starts as soon as one lands, before
+        the consumers it served run: they would otherwise delay it by their deliveries."""
+        while self._waiters and not self._closing:
+            self._wake.clear()
+            try:
+                jobs = await self.lease(len(self._waiters), self.lease_seconds)
+            except Exception as exc:
+                self._fail_waiters(exc)
+                return
+            self._hand_out(jobs)
+            if not jobs and not self._closing:
+                delay = await self._seconds_until_due()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    def _hand_out(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            while self._waiters and self._waiters[0].done():  # its consumer was cancelled
+                self._waiters.popleft()
+            if self._waiters:
+                self._waiters.popleft().set_result(job)
+            else:
+                self._buffer.append(job)
+
+    def _fail_waiters(self, exc: Exception) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
 
     async def _seconds_until_due(self) -> float:
         row = await self.db.fetchone("SELECT MIN(run_at) FROM jobs")
@@ -194,6 +213,10 @@ class LocalQueue:
 
     async def release(self, jobs: list[Job]) -> None:
         """Make leased jobs due again now (shutdown), including unstarted buffered ones."""
+        self._closing = True
+        self._wake.set()
+        if self._leaser is not None:
+            await asyncio.gather(self._leaser, return_exceptions=True)  # at most one lease
         jobs = [*jobs, *self._buffer]
         self._buffer.clear()
         if jobs:
