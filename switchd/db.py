@@ -21,8 +21,10 @@ import functools
 import re
 import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -37,6 +39,7 @@ ROW_OF_PLACEHOLDERS = re.compile(r"VALUES\s*(\(\?(?:\s*,\s*\?)*\))")
 ROW_COUNTS = (64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1)
 CACHED_STATEMENTS = 512  # prepared statements kept per connection
 STAY_FULL_SECONDS = 1.0
+COMMITS_PER_HANDOFF = 16  # group commits the writer's thread runs before transaction() gets a turn
 T = TypeVar("T")
 Statement = tuple[str, Sequence[Any]]
 
@@ -158,6 +161,16 @@ MIGRATIONS: list[str] = [
 ]
 
 
+@dataclass
+class _Queued:
+    """A write waiting for a group commit: statements, or a function run after them."""
+
+    statements: list[Statement]
+    work: Callable[[sqlite3.Connection], Any] | None
+    durable: bool
+    future: asyncio.Future[Any]
+
+
 class Database:
     """Connections to one SQLite file, with group commit for writes."""
 
@@ -167,10 +180,9 @@ class Database:
         self._reader: aiosqlite.Connection | None = None
         self._checkpointer: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
-        self._pending: list[tuple[list[Statement], asyncio.Future[None]]] = []
-        self._pending_work: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
-        self._pending_work = []
-        self._pending_durable = False
+        # Writes waiting for a group commit. The writer's thread takes them (deque operations
+        # are atomic), so it can start the next commit without a round trip to the loop.
+        self._queue: deque[_Queued] = deque()
         self._synchronous: str | None = "FULL"  # the writer's setting; None: unknown
         self._last_full = float("-inf")  # time.monotonic() of the last durable transaction
         self._flusher: asyncio.Task[None] | None = None
@@ -247,8 +259,7 @@ class Database:
         statements whose effect does not depend on each other's order.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((statements, future))
-        self._queued(durable)
+        self._enqueue(_Queued(statements, None, durable, future))
         await future  # the flush goes on if this caller is cancelled: it is a task of its own
 
     async def run_in_commit(
@@ -258,51 +269,67 @@ class Database:
         its statements (so it sees their rows), and return its result. Leases use it: a
         lease then costs no transaction of its own, and publishes never queue behind one."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending_work.append((work, future))
-        self._queued(durable)
+        self._enqueue(_Queued([], work, durable, future))
         return await future
 
-    def _queued(self, durable: bool) -> None:
-        self._pending_durable = self._pending_durable or durable
+    def _enqueue(self, queued: _Queued) -> None:
+        self._queue.append(queued)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
 
-    async def _run_transaction(
-        self, work: Callable[[sqlite3.Connection], T], durable: bool = True
-    ) -> T:
-        """Run `work(connection)` in one write transaction, BEGIN to COMMIT on the writer's
-        thread in a single hand-off (rolled back if anything raises): a group commit."""
-        writer = self._require(self._writer)
-        async with self._lock:
-            level = self._level(durable)
+    async def _flush(self) -> None:
+        """Group commits while writes are queued: on the writer's thread, commit after
+        commit (a few per hand-off, so that `transaction()` callers get their turn)."""
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            try:
+                writer = self._require(self._writer)
+                async with self._lock:
+                    # aiosqlite's own queue to its connection's thread (it has no public API
+                    # for a function taking the connection); ordered with every call on it.
+                    await writer._execute(self._commit_queued, writer._conn, loop)
+            except Exception as exc:  # no connection to write on: fail what is queued
+                batch = [self._queue.popleft() for _ in range(len(self._queue))]
+                self._answer(batch, [exc] * len(batch), exc)
+
+    def _commit_queued(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
+        """On the writer's thread: up to COMMITS_PER_HANDOFF group commits of the queued
+        writes, each answered (on the loop) as soon as its COMMIT returns."""
+        for _ in range(COMMITS_PER_HANDOFF):
+            batch = [self._queue.popleft() for _ in range(len(self._queue))]
+            if not batch:
+                return
+            level = self._level(any(queued.durable for queued in batch))
             pragma = None if level == self._synchronous else f"PRAGMA synchronous={level}"
             if pragma:
                 self._synchronous = None  # until the pragma is known to have run
-            # aiosqlite's own queue to its connection's thread (it has no public API for a
-            # function taking the connection); ordered with every other call on `writer`.
-            result = await writer._execute(_transact, writer, work, pragma)
-            self._synchronous = level
-            return result
-
-    async def _flush(self) -> None:
-        while self._pending or self._pending_work:
-            batch, self._pending = self._pending, []
-            works, self._pending_work = self._pending_work, []
-            durable, self._pending_durable = self._pending_durable, False
-            groups = _grouped(s for statements, _ in batch for s in statements)
-            futures = [future for _, future in batch] + [future for _, future in works]
-            commit = partial(_execute_batch, groups, [work for work, _ in works])
+            groups = _grouped(s for queued in batch for s in queued.statements)
+            works = [queued.work for queued in batch if queued.work is not None]
             try:
-                results = await self._run_transaction(commit, durable)
+                results = iter(_transact(conn, partial(_execute_batch, groups, works), pragma))
             except Exception as exc:
-                self.write_error = f"{type(exc).__name__}: {exc}"
-                _settle(futures, [exc] * len(futures))
+                loop.call_soon_threadsafe(self._answer, batch, [exc] * len(batch), exc)
+                continue
+            self._synchronous = level
+            outcomes = [None if queued.work is None else next(results) for queued in batch]
+            loop.call_soon_threadsafe(self._answer, batch, outcomes, None)
+
+    def _answer(self, batch: list[_Queued], outcomes: list[Any], error: Exception | None) -> None:
+        """On the loop: record a group commit and resolve its callers' futures."""
+        if error is None:
+            self.write_error = None
+            self.last_commit = time.monotonic()
+            self.commits += 1
+            self.committed_writes += sum(1 for queued in batch if queued.work is None)
+        else:
+            self.write_error = f"{type(error).__name__}: {error}"
+        for queued, outcome in zip(batch, outcomes, strict=True):
+            if queued.future.done():
+                continue
+            if isinstance(outcome, Exception):
+                queued.future.set_exception(outcome)
             else:
-                self.write_error = None
-                self.last_commit = time.monotonic()
-                self.commits += 1
-                self.committed_writes += len(batch)
-                _settle(futures, [None] * len(batch) + results)
+                queued.future.set_result(outcome)
 
     async def check_writable(self, quiet_seconds: float, timeout: float) -> str | None:
         """None when the database takes writes: trusted from recent commits, else probed."""
@@ -361,10 +388,9 @@ async def _connect(path: str) -> aiosqlite.Connection:
 
 
 def _transact(
-    writer: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T], pragma: str | None
+    conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T], pragma: str | None
 ) -> T:
     """On the writer's thread: [pragma], BEGIN IMMEDIATE, work, COMMIT or ROLLBACK."""
-    conn = writer._conn
     if pragma:
         conn.execute(pragma)
     conn.execute("BEGIN IMMEDIATE")
@@ -421,14 +447,3 @@ def _grouped(statements: Iterable[Statement]) -> list[tuple[str, list[Sequence[A
     for sql, params in statements:
         groups.setdefault(sql, []).append(params)
     return list(groups.items())
-
-
-def _settle(futures: list[asyncio.Future[Any]], outcomes: list[Any]) -> None:
-    """Resolve each future with its result, or fail it with its exception."""
-    for future, outcome in zip(futures, outcomes, strict=True):
-        if future.done():
-            continue
-        if isinstance(outcome, Exception):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
