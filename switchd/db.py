@@ -29,14 +29,13 @@ from functools import partial
 from typing import Any, TypeVar
 
 import aiosqlite
+import orjson
 
 BUSY_TIMEOUT_MS = 5000
-# The one row of placeholders in a statement's VALUES clause, which a batch repeats to
-# write many rows per SQLite call.
-ROW_OF_PLACEHOLDERS = re.compile(r"VALUES\s*(\(\?(?:\s*,\s*\?)*\))")
-# Rows per statement: a batch is split greedily into these sizes (30 rows: 24 + 6), so that
-# a few prepared statements per SQL text serve every batch and memory stays flat.
-ROW_COUNTS = (64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1)
+# A statement's VALUES clause with one row of placeholders: a batch of such rows is run as
+# one statement reading them from a JSON array (see _execute_groups).
+ROW_OF_PLACEHOLDERS = re.compile(r"VALUES\s*\((\?(?:\s*,\s*\?)*)\)")
+NUL = b"\\u0000"  # how JSON escapes the character
 CACHED_STATEMENTS = 512  # prepared statements kept per connection
 STAY_FULL_SECONDS = 1.0
 COMMITS_PER_HANDOFF = 16  # group commits the writer's thread runs before transaction() gets a turn
@@ -417,29 +416,51 @@ def _execute_batch(
 def _execute_groups(
     groups: list[tuple[str, list[Sequence[Any]]]], conn: sqlite3.Connection
 ) -> None:
-    """Each group's rows: a statement with one `VALUES (?, …)` row is run for many rows at
-    a time (see ROW_COUNTS). Each SQLite call gives the GIL up and must take it back from
-    the busy event loop, which costs far more than the call itself, so one call per row
-    (executemany) is what made group commits slow."""
+    """Each group's rows: a statement with one `VALUES (?, …)` row runs once for all its rows,
+    which it reads from a JSON array. Each SQLite call gives the GIL up and must take it back
+    from the busy event loop, which costs far more than the call itself, so one call per
+    row (executemany) is what made group commits slow."""
     for sql, rows in groups:
-        if len(rows) == 1 or not ROW_OF_PLACEHOLDERS.search(sql):
-            conn.executemany(sql, rows)
-            continue
-        start = 0
-        for count in ROW_COUNTS:
-            while len(rows) - start >= count:
-                chunk = rows[start : start + count]
-                conn.execute(_many_rows(sql, count), [value for row in chunk for value in row])
-                start += count
+        blobs = _blob_columns(rows) if ROW_OF_PLACEHOLDERS.search(sql) else None
+        if len(rows) > 1 and blobs is not None:
+            try:
+                array = orjson.dumps(rows, default=_utf8)
+            except orjson.JSONEncodeError:
+                array = NUL  # not representable in JSON: row by row
+            if NUL not in array:  # SQLite's JSON strings end at their first NUL
+                conn.execute(_from_json_rows(sql, blobs), (array,))
+                continue
+        conn.executemany(sql, rows)
 
 
-@functools.lru_cache(maxsize=CACHED_STATEMENTS)
-def _many_rows(sql: str, rows: int) -> str:
-    """`sql`, whose VALUES clause has one row of placeholders, with `rows` such rows."""
+def _blob_columns(rows: list[Sequence[Any]]) -> frozenset[int] | None:
+    """The columns holding bytes, or None when one also holds other values than NULL (the
+    JSON text cannot tell a blob from a string there)."""
+    blobs = frozenset(i for row in rows for i, value in enumerate(row) if type(value) is bytes)
+    for row in rows:
+        if any(row[i] is not None and type(row[i]) is not bytes for i in blobs):
+            return None
+    return blobs
+
+
+def _utf8(value: object) -> str:
+    if type(value) is bytes:
+        return value.decode()  # a blob column's text (bytes that are not UTF-8 go row by row)
+    raise TypeError
+
+
+@functools.lru_cache(maxsize=64)
+def _from_json_rows(sql: str, blobs: frozenset[int]) -> str:
+    """`sql` with its VALUES row replaced by the rows of a JSON array parameter; columns in
+    `blobs` are cast back to BLOB. The WHERE lets an INSERT keep its ON CONFLICT clause."""
     match = ROW_OF_PLACEHOLDERS.search(sql)
     assert match is not None
-    values = ", ".join([match.group(1)] * rows)
-    return sql[: match.start(1)] + values + sql[match.end(1) :]
+    columns = []
+    for i in range(match.group(1).count("?")):
+        value = f"CAST(value->>{i} AS BLOB)" if i in blobs else f"value->>{i}"
+        columns.append(f"{value} AS column{i + 1}")
+    rows = f"SELECT {', '.join(columns)} FROM json_each(?) WHERE true"
+    return sql[: match.start()] + rows + sql[match.end() :]
 
 
 def _grouped(statements: Iterable[Statement]) -> list[tuple[str, list[Sequence[Any]]]]:

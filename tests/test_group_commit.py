@@ -60,3 +60,61 @@ async def test_a_transaction_gets_its_turn_while_writes_keep_coming(
     # Each write had its own commit, one after another; the transaction came in between.
     assert finished.index("transaction") <= PER_HANDOFF
     assert [f for f in finished if f != "transaction"] == [f"write {i}" for i in range(WRITES)]
+
+
+ROWS = [  # the last column holds blobs (or NULL)
+    (2**62, -1, True, None, b'{"k": "\xc3\xa9"}'),
+    (1.5e300, 0.1, 1764255731.123456, -0.0, b""),
+    ('é \u2028 "q" \\ \x01', "", "[1]", "null", None),
+    (5e-324, None, "x" * 1000, 7, b"\x01"),
+]
+INSERT = "INSERT INTO {} (a, b, c, d, e) VALUES (?, ?, ?, ?, ?)"
+READ = "SELECT a, b, c, d, e, typeof(a), typeof(b), typeof(c), typeof(d), typeof(e) FROM {}"
+
+
+async def write_both_ways(db: Database, rows: list[tuple]) -> list[str]:
+    """Write `rows` in one group commit and row by row; the SQL the batch ran."""
+    traced: list[str] = []
+    async with db.transaction() as conn:
+        for table in ("batched", "single"):
+            await conn.execute(f"CREATE TABLE {table} (n INTEGER PRIMARY KEY, a, b, c, d, e)")
+    await conn.set_trace_callback(traced.append)
+    await asyncio.gather(*(db.write([(INSERT.format("batched"), row)]) for row in rows))
+    await conn.set_trace_callback(None)
+    for row in rows:
+        await db.write([(INSERT.format("single"), row)])
+    batched = [tuple(r) for r in await db.fetchall(READ.format("batched") + " ORDER BY n")]
+    single = [tuple(r) for r in await db.fetchall(READ.format("single") + " ORDER BY n")]
+    assert batched == single
+    assert [r[:5] for r in batched] == rows
+    return [sql for sql in traced if "batched" in sql]
+
+
+async def test_rows_written_in_one_statement_are_stored_as_row_by_row(tmp_path: Path):
+    db = Database(str(tmp_path / "rows.db"))
+    await db.open()
+    try:
+        executed = await write_both_ways(db, ROWS)
+        assert len(executed) == 1 and "json_each" in executed[0]  # one statement for all
+    finally:
+        await db.close()
+
+
+async def test_rows_json_cannot_carry_are_written_row_by_row(tmp_path: Path):
+    db = Database(str(tmp_path / "blobs.db"))
+    await db.open()
+    try:
+        not_utf8 = [(1, 2, 3, 4, b"\xff\xfe"), (1, 2, 3, 4, b"ok")]
+        assert len(await write_both_ways(db, not_utf8)) == 2
+        await db.close()
+        db = Database(str(tmp_path / "mixed.db"))
+        await db.open()
+        blob_or_text = [(1, 2, 3, 4, b"blob"), (1, 2, 3, 4, "text")]
+        assert len(await write_both_ways(db, blob_or_text)) == 2
+        await db.close()
+        db = Database(str(tmp_path / "nul.db"))
+        await db.open()
+        nul = [(1, 2, 3, "a\x00b", b"a\x00b"), (1, 2, 3, 4, b"ok")]
+        assert len(await write_both_ways(db, nul)) == 2
+    finally:
+        await db.close()
