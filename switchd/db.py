@@ -421,8 +421,8 @@ def _execute_groups(
     from the busy event loop, which costs far more than the call itself, so one call per
     row (executemany) is what made group commits slow."""
     for sql, rows in groups:
-        blobs = _blob_columns(rows) if ROW_OF_PLACEHOLDERS.search(sql) else None
-        if len(rows) > 1 and blobs is not None:
+        blobs = _blob_columns(rows) if len(rows) > 1 and _values_row_width(sql) else None
+        if blobs is not None:
             try:
                 array = orjson.dumps(rows, default=_utf8)
             except orjson.JSONEncodeError:
@@ -450,13 +450,22 @@ def _utf8(value: object) -> str:
 
 
 @functools.lru_cache(maxsize=64)
+def _values_row_width(sql: str) -> int:
+    """The placeholders of the statement's `VALUES (?, …)` row; 0 without such a row or
+    with placeholders elsewhere too (its parameters are then not just the row's)."""
+    match = ROW_OF_PLACEHOLDERS.search(sql)
+    width = match.group(1).count("?") if match else 0
+    return width if sql.count("?") == width else 0
+
+
+@functools.lru_cache(maxsize=64)
 def _from_json_rows(sql: str, blobs: frozenset[int]) -> str:
     """`sql` with its VALUES row replaced by the rows of a JSON array parameter; columns in
     `blobs` are cast back to BLOB. The WHERE lets an INSERT keep its ON CONFLICT clause."""
     match = ROW_OF_PLACEHOLDERS.search(sql)
     assert match is not None
     columns = []
-    for i in range(match.group(1).count("?")):
+    for i in range(_values_row_width(sql)):
         value = f"CAST(value->>{i} AS BLOB)" if i in blobs else f"value->>{i}"
         columns.append(f"{value} AS column{i + 1}")
     rows = f"SELECT {', '.join(columns)} FROM json_each(?) WHERE true"

@@ -118,3 +118,18 @@ async def test_rows_json_cannot_carry_are_written_row_by_row(tmp_path: Path):
         assert len(await write_both_ways(db, nul)) == 2
     finally:
         await db.close()
+
+
+async def test_statements_with_placeholders_beyond_the_values_row_run_row_by_row(
+    tmp_path: Path,
+):
+    db = Database(str(tmp_path / "upsert.db"))
+    await db.open()
+    try:
+        upsert = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = ?"
+        rows = [("a", 1, 10), ("b", 2, 20), ("a", 3, 30)]
+        await asyncio.gather(*(db.write([(upsert, row)]) for row in rows))
+        stored = await db.fetchall("SELECT key, value FROM meta WHERE key IN ('a', 'b')")
+        assert sorted(tuple(r) for r in stored) == [("a", 30), ("b", 2)]
+    finally:
+        await db.close()
