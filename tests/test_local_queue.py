@@ -159,3 +159,18 @@ async def test_a_job_handed_to_a_consumer_as_it_is_cancelled_is_released(
     await queue.release([])
     monkeypatch.undo()
     assert [job.event_id for job in await queue.lease(10, 30)] == [published["event_id"]]
+
+
+async def test_waiting_consumers_get_the_error_when_the_store_fails_while_idle(
+    start_switchd: StartSwitchd, monkeypatch
+):
+    app = await start_switchd(consumer_concurrency=0)
+    queue = app.service.local_queue
+
+    async def store_down() -> float:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(queue, "_seconds_until_due", store_down)
+    waiting = [asyncio.create_task(queue.next()) for _ in range(3)]
+    results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
+    assert all(isinstance(r, sqlite3.OperationalError) for r in results), results

@@ -145,14 +145,18 @@ class LocalQueue:
             self._wake.clear()
             try:
                 jobs = await self.lease(len(self._waiters), self.lease_seconds)
-            except Exception as exc:
+                self._hand_out(jobs)
+                if not jobs and not self._closing:
+                    await self._idle()
+            except Exception as exc:  # the store is down: the consumers wait and retry
                 self._fail_waiters(exc)
                 return
-            self._hand_out(jobs)
-            if not jobs and not self._closing:
-                delay = await self._seconds_until_due()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    async def _idle(self) -> None:
+        """Until a job is stored or one falls due (at most IDLE_POLL_SECONDS)."""
+        delay = await self._seconds_until_due()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=delay)
 
     def _hand_out(self, jobs: list[Job]) -> None:
         for job in jobs:
