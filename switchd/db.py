@@ -302,11 +302,11 @@ class Database:
             pragma = None if level == self._synchronous else f"PRAGMA synchronous={level}"
             if pragma:
                 self._synchronous = None  # until the pragma is known to have run
-            groups = _grouped(s for queued in batch for s in queued.statements)
             works = [queued.work for queued in batch if queued.work is not None]
             try:
+                groups = _grouped(s for queued in batch for s in queued.statements)
                 results = iter(_transact(conn, partial(_execute_batch, groups, works), pragma))
-            except Exception as exc:
+            except Exception as exc:  # every caller of this commit learns why it failed
                 loop.call_soon_threadsafe(self._answer, batch, [exc] * len(batch), exc)
                 continue
             self._synchronous = level

@@ -133,3 +133,19 @@ async def test_statements_with_placeholders_beyond_the_values_row_run_row_by_row
         assert sorted(tuple(r) for r in stored) == [("a", 30), ("b", 2)]
     finally:
         await db.close()
+
+
+async def test_a_malformed_write_fails_its_commit_and_the_next_one_works(tmp_path: Path):
+    db = Database(str(tmp_path / "bad.db"))
+    await db.open()
+    try:
+        good = ("INSERT INTO meta VALUES ('good', 1)", ())
+        malformed = ("INSERT INTO meta VALUES (?, ?)",)  # no parameters
+        results = await asyncio.wait_for(
+            asyncio.gather(db.write([good]), db.write([malformed]), return_exceptions=True), 5
+        )
+        assert all(isinstance(r, ValueError) for r in results), results
+        await db.write([good])
+        assert [tuple(r) for r in await db.fetchall("SELECT key FROM meta WHERE key = 'good'")]
+    finally:
+        await db.close()
