@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,18 @@ PER_HANDOFF = 4
 WRITES = 3 * PER_HANDOFF
 
 
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(str(tmp_path / "switch.db"))
+    await database.open()
+    yield database
+    await database.close()
+
+
 async def test_a_transaction_gets_its_turn_while_writes_keep_coming(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    db: Database, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setattr(db_module, "COMMITS_PER_HANDOFF", PER_HANDOFF)
-    db = Database(str(tmp_path / "busy.db"))
-    await db.open()
     gates = [threading.Event() for _ in range(WRITES)]
     finished: list[str] = []
 
@@ -56,7 +63,6 @@ async def test_a_transaction_gets_its_turn_while_writes_keep_coming(
     finally:
         for gate in gates:
             gate.set()
-        await db.close()
     # Each write had its own commit, one after another; the transaction came in between.
     assert finished.index("transaction") <= PER_HANDOFF
     assert [f for f in finished if f != "transaction"] == [f"write {i}" for i in range(WRITES)]
@@ -90,62 +96,37 @@ async def write_both_ways(db: Database, rows: list[tuple]) -> list[str]:
     return [sql for sql in traced if "batched" in sql]
 
 
-async def test_rows_written_in_one_statement_are_stored_as_row_by_row(tmp_path: Path):
-    db = Database(str(tmp_path / "rows.db"))
-    await db.open()
-    try:
-        executed = await write_both_ways(db, ROWS)
-        assert len(executed) == 1 and "json_each" in executed[0]  # one statement for all
-    finally:
-        await db.close()
+async def test_rows_written_in_one_statement_are_stored_as_row_by_row(db: Database):
+    executed = await write_both_ways(db, ROWS)
+    assert len(executed) == 1 and "json_each" in executed[0]  # one statement for all
 
 
-async def test_rows_json_cannot_carry_are_written_row_by_row(tmp_path: Path):
-    db = Database(str(tmp_path / "blobs.db"))
-    await db.open()
-    try:
-        not_utf8 = [(1, 2, 3, 4, b"\xff\xfe"), (1, 2, 3, 4, b"ok")]
-        assert len(await write_both_ways(db, not_utf8)) == 2
-        await db.close()
-        db = Database(str(tmp_path / "mixed.db"))
-        await db.open()
-        blob_or_text = [(1, 2, 3, 4, b"blob"), (1, 2, 3, 4, "text")]
-        assert len(await write_both_ways(db, blob_or_text)) == 2
-        await db.close()
-        db = Database(str(tmp_path / "nul.db"))
-        await db.open()
-        nul = [(1, 2, 3, "a\x00b", b"a\x00b"), (1, 2, 3, 4, b"ok")]
-        assert len(await write_both_ways(db, nul)) == 2
-    finally:
-        await db.close()
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [(1, 2, 3, 4, b"\xff\xfe"), (1, 2, 3, 4, b"ok")],  # bytes that are not UTF-8
+        [(1, 2, 3, 4, b"blob"), (1, 2, 3, 4, "text")],  # a column of blobs and text
+        [(1, 2, 3, "a\x00b", b"a\x00b"), (1, 2, 3, 4, b"ok")],  # NUL characters
+    ],
+)
+async def test_rows_json_cannot_carry_are_written_row_by_row(db: Database, rows: list[tuple]):
+    assert len(await write_both_ways(db, rows)) == 2
 
 
-async def test_statements_with_placeholders_beyond_the_values_row_run_row_by_row(
-    tmp_path: Path,
-):
-    db = Database(str(tmp_path / "upsert.db"))
-    await db.open()
-    try:
-        upsert = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = ?"
-        rows = [("a", 1, 10), ("b", 2, 20), ("a", 3, 30)]
-        await asyncio.gather(*(db.write([(upsert, row)]) for row in rows))
-        stored = await db.fetchall("SELECT key, value FROM meta WHERE key IN ('a', 'b')")
-        assert sorted(tuple(r) for r in stored) == [("a", 30), ("b", 2)]
-    finally:
-        await db.close()
+async def test_statements_with_placeholders_beyond_the_values_row_run_row_by_row(db: Database):
+    upsert = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = ?"
+    rows = [("a", 1, 10), ("b", 2, 20), ("a", 3, 30)]
+    await asyncio.gather(*(db.write([(upsert, row)]) for row in rows))
+    stored = await db.fetchall("SELECT key, value FROM meta WHERE key IN ('a', 'b')")
+    assert sorted(tuple(r) for r in stored) == [("a", 30), ("b", 2)]
 
 
-async def test_a_malformed_write_fails_its_commit_and_the_next_one_works(tmp_path: Path):
-    db = Database(str(tmp_path / "bad.db"))
-    await db.open()
-    try:
-        good = ("INSERT INTO meta VALUES ('good', 1)", ())
-        malformed = ("INSERT INTO meta VALUES (?, ?)",)  # no parameters
-        results = await asyncio.wait_for(
-            asyncio.gather(db.write([good]), db.write([malformed]), return_exceptions=True), 5
-        )
-        assert all(isinstance(r, ValueError) for r in results), results
-        await db.write([good])
-        assert [tuple(r) for r in await db.fetchall("SELECT key FROM meta WHERE key = 'good'")]
-    finally:
-        await db.close()
+async def test_a_malformed_write_fails_its_commit_and_the_next_one_works(db: Database):
+    good = ("INSERT INTO meta VALUES ('good', 1)", ())
+    malformed = ("INSERT INTO meta VALUES (?, ?)",)  # no parameters
+    results = await asyncio.wait_for(
+        asyncio.gather(db.write([good]), db.write([malformed]), return_exceptions=True), 5
+    )
+    assert all(isinstance(r, ValueError) for r in results), results
+    await db.write([good])
+    assert await db.fetchall("SELECT key FROM meta WHERE key = 'good'")
