@@ -216,7 +216,8 @@ class LocalQueue:
         return max(base, retry_after or 0.0)
 
     async def release(self, jobs: list[Job]) -> None:
-        """Make leased jobs due again now (shutdown), including unstarted buffered ones."""
+        """Make leased jobs due again now, including unstarted buffered ones. At shutdown:
+        the queue hands out no more jobs afterwards."""
         self._closing = True
         self._wake.set()
         if self._leaser is not None:
