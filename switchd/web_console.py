@@ -1,8 +1,8 @@
 """The web console: the static files of `switchd/console/`, served at `/console/`.
 
 The files need no token (the API calls they make do). Every response the console's
-routes give carries a strict Content-Security-Policy: scripts, styles and API calls from this origin
-only, no inline code, no framing. Files are read once when the app is built.
+routes give carries a strict Content-Security-Policy: scripts, styles and API calls from
+this origin only, no inline code, no framing. Files are read once when the app is built.
 """
 
 from __future__ import annotations

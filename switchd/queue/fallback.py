@@ -102,13 +102,14 @@ class FallbackQueue:
 
     async def settle(self, job: Job, outcome: Outcome) -> Disposition:
         """Settle the job in the queue it came from."""
-        queue = self.faktory if "faktory" in job.extra else self.local
-        return await queue.settle(job, outcome)
+        return await self._origin(job).settle(job, outcome)
 
     def settles_detached(self, job: Job) -> bool:
         """As the queue the job came from says."""
-        queue = self.faktory if "faktory" in job.extra else self.local
-        return queue.settles_detached(job)
+        return self._origin(job).settles_detached(job)
+
+    def _origin(self, job: Job) -> FaktoryQueue | LocalQueue:
+        return self.faktory if "faktory" in job.extra else self.local
 
     async def release(self, jobs: list[Job]) -> None:
         """Give unfinished jobs back to the queues they came from."""
