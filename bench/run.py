@@ -273,11 +273,12 @@ async def measure_fanout(
 
 
 async def measure_fixed_rate(
-    sink: Process, rate: float, seconds: float, workdir: Path
+    sink: Process, rate: float, seconds: float, db: Path
 ) -> dict[str, float]:
-    """Open-loop publishing at `rate` events/s: publish latency percentiles, measured after
-    a warm-up second at the same rate (new connections, first requests) is discarded."""
-    app = await start_switchd(workdir / "rate.db")
+    """Open-loop publishing at `rate` events/s to one subscriber, on a new database `db`:
+    publish latency percentiles, measured after a warm-up second at the same rate (new
+    connections, first requests) is discarded."""
+    app = await start_switchd(db)
     try:
         async with aiohttp.ClientSession() as client, Publisher(app) as load:
             await add_subscribers(client, app, sink, "bench", 1)
@@ -390,7 +391,7 @@ async def measure_round(sink: Process, scale: float, workdir: Path) -> dict[str,
     }
     for name, key in FIXED_RATES.items():
         half = figures["fanout1"][key] / 2
-        figures[name] = await measure_fixed_rate(sink, half, 10 * scale, workdir)
+        figures[name] = await measure_fixed_rate(sink, half, 10 * scale, workdir / f"{name}.db")
     return figures
 
 
