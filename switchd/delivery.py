@@ -13,7 +13,7 @@ import functools
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
@@ -88,6 +88,19 @@ class Outcome:
     def gone(self) -> bool:
         """410: the endpoint asks never to be called again."""
         return self.status == 410
+
+    def finished(self, attempts: tuple[Attempt, ...]) -> Outcome:
+        """This outcome as the whole delivery's: its requests are `attempts`, done now.
+        (Half the cost of `dataclasses.replace` on this hot path.)"""
+        return Outcome(
+            self.kind,
+            self.status,
+            self.error,
+            len(attempts),
+            self.retry_after,
+            time.time(),
+            attempts,
+        )
 
 
 @dataclass(frozen=True)
@@ -203,15 +216,18 @@ def _caller_headers(headers: dict[str, Any]) -> dict[str, str]:
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     """Standard Webhooks signature: `v1,` + base64 HMAC-SHA256 of `id.timestamp.body`."""
-    key = _signing_key(secret)
-    signed = f"{message_id}.{timestamp}.".encode() + body
-    digest = hmac.digest(key, signed, "sha256")
-    return "v1," + base64.b64encode(digest).decode()
+    mac = _keyed_hmac(secret).copy()
+    mac.update(f"{message_id}.{timestamp}.".encode())
+    mac.update(body)
+    return "v1," + base64.b64encode(mac.digest()).decode()
 
 
 @functools.lru_cache(maxsize=4096)
-def _signing_key(secret: str) -> bytes:
-    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+def _keyed_hmac(secret: str) -> hmac.HMAC:
+    """An HMAC-SHA256 that has taken its key, copied for each signature. Unlike the
+    one-shot `hmac.digest`, it keeps the GIL for bodies under 2 KiB: giving it up while
+    SQLite's thread waits for it can cost the event loop a switch interval (0.5 ms)."""
+    return hmac.new(base64.b64decode(secret.removeprefix(SECRET_PREFIX)), digestmod="sha256")
 
 
 def classify(status: int) -> Kind:
@@ -273,13 +289,13 @@ class Deliverer:
         outcome = await attempt()
         if self._retry_quickly(outcome):
             outcome = await self._quick_retries(attempt, outcome)
-        return replace(outcome, requests=len(tried), finished_at=time.time(), attempts=tuple(tried))
+        return outcome.finished(tuple(tried))
 
     async def deliver_once(self, job: Job, target_url: str, secret: str | None) -> Outcome:
         """One HTTP request and no quick retry, whatever state the subscriber is in (test
         deliveries: an operator may check an endpoint before enabling it again)."""
         outcome = await self._attempt(job, target_url, secret, job.attempts + 1)
-        return replace(outcome, finished_at=time.time())
+        return outcome.finished(outcome.attempts)
 
     def _retry_quickly(self, outcome: Outcome) -> bool:
         """Transient, quick retries configured, and no Retry-After beyond their cap."""
