@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+IDS_PER_READ = 256  # event ids made from one read of the OS's random source
 
 
 @dataclass(frozen=True)
@@ -35,3 +39,23 @@ class Job:
     first_attempt_at: float | None = None
     next_retry_at: float | None = None  # set by a settle that scheduled a retry at a known time
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific (e.g. Faktory)
+
+
+class _RandomIds:
+    """Random (version 4) UUIDs as text, from random bytes read IDS_PER_READ ids at a
+    time: `os.urandom` gives the GIL up, and while SQLite's thread waits for it that can
+    cost the event loop a switch interval (0.5 ms), not a microsecond's system call."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._used = 0
+
+    def __call__(self) -> str:
+        if self._used >= len(self._pool):
+            self._pool, self._used = os.urandom(16 * IDS_PER_READ), 0
+        raw = self._pool[self._used : self._used + 16]
+        self._used += 16
+        return str(uuid.UUID(bytes=raw, version=4))
+
+
+new_event_id = _RandomIds()

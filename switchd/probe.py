@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -20,7 +19,7 @@ from switchd.delivery import Deliverer
 from switchd.errors import InvalidInput
 from switchd.event_log import EventLog
 from switchd.filters import check_filter
-from switchd.models import Event, Job
+from switchd.models import Event, Job, new_event_id
 from switchd.payload import decode_payload, validate_payload
 from switchd.subscribers import Subscriber
 
@@ -58,7 +57,7 @@ async def send_test(
 ) -> dict[str, Any]:
     """Deliver `payload` to `subscriber` once, log it as a test event, return the outcome."""
     event = Event(
-        id=str(uuid.uuid4()),
+        id=new_event_id(),
         topic=subscriber.topic,
         author=author,
         payload=payload,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,7 +21,7 @@ from switchd.event_queries import EventQueries
 from switchd.http_client import HttpClient
 from switchd.idempotency import IdempotencyKeys
 from switchd.metrics import Metrics
-from switchd.models import Event
+from switchd.models import Event, new_event_id
 from switchd.queue.base import JobQueue
 from switchd.queue.faktory import FaktoryQueue
 from switchd.queue.fallback import FallbackQueue
@@ -119,7 +118,7 @@ class Switchd:
         started = time.perf_counter()
         matched = self.registry.matching(topic, payload)
         event = Event(
-            id=str(uuid.uuid4()),
+            id=new_event_id(),
             topic=topic,
             author=author,
             payload=payload,
