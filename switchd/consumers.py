@@ -51,6 +51,7 @@ class ConsumerPool:
         self._tasks = [
             asyncio.create_task(self._run(), name=f"consumer-{i}") for i in range(self.concurrency)
         ]
+        self.metrics.in_flight.set_function(lambda: self.in_flight)  # read when scraped
 
     @property
     def in_flight(self) -> int:
@@ -97,7 +98,6 @@ class ConsumerPool:
         while not self._stopping:
             job = await self._next()
             self._in_flight[task] = job
-            self.metrics.in_flight.inc()
             try:
                 await self._process(job)
             except asyncio.CancelledError:
@@ -106,7 +106,6 @@ class ConsumerPool:
                 log.exception("consumer_error", event_id=job.event_id, job_id=job.id)
             finally:
                 self._in_flight.pop(task, None)
-                self.metrics.in_flight.dec()
 
     async def _next(self) -> Job:
         while True:

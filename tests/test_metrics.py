@@ -78,3 +78,20 @@ async def test_queue_depth_and_oldest_age(start_switchd: StartSwitchd, sink: Sin
     samples = await scrape(app)
     assert value(samples, "switchd_queue_depth", queue="local") == 2
     assert value(samples, "switchd_queue_oldest_job_age_seconds", queue="local") >= 0.2
+
+
+async def test_in_flight_gauge_counts_deliveries_under_way(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd()
+    await app.add_subscriber(topic="slow", target_url=sink.url())
+    assert value(await scrape(app), "switchd_deliveries_in_flight") == 0
+    sink.delay = 1.0
+    for n in range(3):
+        await app.publish("slow", {"body": {"n": n}})
+    await sink.wait_for(3)
+    assert value(await scrape(app), "switchd_deliveries_in_flight") == 3
+    sink.delay = 0.0
+    for _ in range(100):
+        if value(await scrape(app), "switchd_deliveries_in_flight") == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert value(await scrape(app), "switchd_deliveries_in_flight") == 0
