@@ -80,6 +80,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
+        self._timer: asyncio.TimerHandle | None = None
         self._reset(None, 0, head_only=False)
 
     def _reset(self, waiter: asyncio.Future[None] | None, excerpt: int, head_only: bool) -> None:
@@ -96,10 +97,16 @@ class _Connection(asyncio.Protocol):
         self._body_seen = 0
         self.reusable = False
 
-    def begin(self, data: bytes, excerpt: int, head_only: bool) -> asyncio.Future[None]:
-        """Send one request; the future resolves when the response is read."""
-        waiter = asyncio.get_running_loop().create_future()
+    def begin(
+        self, data: bytes, excerpt: int, head_only: bool, deadline: float
+    ) -> asyncio.Future[None]:
+        """Send one request; the future resolves when the response is read, or fails with
+        TimeoutError (closing the connection) if it is not read by `deadline` (loop time).
+        A timer of the loop's costs a fraction of `asyncio.timeout` for each request."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._reset(waiter, excerpt, head_only)
+        self._timer = loop.call_at(deadline, self._fail, TimeoutError())
         assert self.transport is not None
         self.transport.write(data)
         return waiter
@@ -157,6 +164,7 @@ class _Connection(asyncio.Protocol):
     def _finish(self, reusable: bool) -> None:
         self._complete = True
         self.reusable = reusable and not self.closed
+        self._stop_timer()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -168,8 +176,14 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection now."""
         self.closed = True
+        self._stop_timer()
         if self.transport is not None:
             self.transport.close()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class HttpClient:
@@ -197,39 +211,44 @@ class HttpClient:
         target = Target.parse(url)
         data = _serialize(method, target, headers, body)
         head_only = method == "HEAD"
-        async with asyncio.timeout(timeout):
-            connection, reused = await self._connection(target.origin)
+        deadline = asyncio.get_running_loop().time() + timeout
+        connection = self._idle_connection(target.origin)
+        reused = connection is not None
+        if connection is None:
+            connection = await self._connect(target.origin, deadline)
+        try:
             try:
-                try:
-                    await connection.begin(data, excerpt, head_only)
-                except ConnectionError:
-                    if not reused or connection.received_any:
-                        raise
-                    # A kept-alive connection the server closed as we reused it: once more.
-                    connection = await self._connect(target.origin)
-                    await connection.begin(data, excerpt, head_only)
-            except BaseException:
-                connection.close()  # failed, timed out or cancelled mid-response
-                raise
+                await connection.begin(data, excerpt, head_only, deadline)
+            except ConnectionError:
+                if not reused or connection.received_any:
+                    raise
+                # A kept-alive connection the server closed as we reused it: once more.
+                connection = await self._connect(target.origin, deadline)
+                await connection.begin(data, excerpt, head_only, deadline)
+        except BaseException:
+            connection.close()  # failed, timed out or cancelled mid-response
+            raise
         self._release(target.origin, connection)
         return HttpResponse(connection.status, connection.retry_after, bytes(connection.body))
 
-    async def _connection(self, origin: tuple[str, str, int]) -> tuple[_Connection, bool]:
+    def _idle_connection(self, origin: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()
             if not connection.closed and time.monotonic() - connection.idle_since < self.keepalive:
-                return connection, True
+                return connection
             connection.close()
-        return await self._connect(origin), False
+        return None
 
-    async def _connect(self, origin: tuple[str, str, int]) -> _Connection:
+    async def _connect(self, origin: tuple[str, str, int], deadline: float) -> _Connection:
+        """A new connection (TLS handshake included) by `deadline`, else TimeoutError."""
         scheme, host, port = origin
         tls = self._tls() if scheme == "https" else None
         loop = asyncio.get_running_loop()
-        _, connection = await loop.create_connection(
-            _Connection, host, port, ssl=tls, server_hostname=host if tls else None
-        )
+        async with asyncio.timeout_at(deadline):
+            _, connection = await loop.create_connection(
+                _Connection, host, port, ssl=tls, server_hostname=host if tls else None
+            )
         return connection
 
     def _tls(self) -> ssl.SSLContext:

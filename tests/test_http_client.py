@@ -207,6 +207,53 @@ async def test_timeout_bounds_the_whole_request(client: HttpClient) -> None:
     assert not any(client._idle.values())
 
 
+async def test_timeout_bounds_a_request_on_a_kept_alive_connection(client: HttpClient) -> None:
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    server, url, connections = await raw_server(answering(ok))  # then silent
+    async with server:
+        assert (await send(client, url)).status == 200
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):  # the request's own, not wait_for's
+            await asyncio.wait_for(send(client, url, timeout=0.3), 5)
+        assert asyncio.get_running_loop().time() - started < 2
+    assert len(connections) == 1  # the second request went on the kept-alive connection
+    assert not any(client._idle.values())
+
+
+async def test_timeout_bounds_a_tls_handshake_that_never_ends(client: HttpClient) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    server, url, _ = await raw_server(silent)
+    async with server:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await send(client, url.replace("http:", "https:"), timeout=0.3)
+        assert asyncio.get_running_loop().time() - started < 2
+
+
+async def test_a_cancelled_request_raises_nothing_at_its_deadline(client: HttpClient) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    loop = asyncio.get_running_loop()
+    problems: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: problems.append(context))
+    server, url, _ = await raw_server(silent)
+    try:
+        async with server:
+            request = asyncio.create_task(send(client, url, timeout=0.3))
+            await asyncio.sleep(0.1)
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            await asyncio.sleep(0.4)  # past the request's deadline
+    finally:
+        loop.set_exception_handler(None)
+    assert problems == []
+    assert not any(client._idle.values())
+
+
 async def test_refused_connection_is_an_os_error(client: HttpClient) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
