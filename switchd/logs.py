@@ -13,6 +13,7 @@ import orjson
 import structlog
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+FLUSH_SECONDS = 0.01  # how long a line may wait for the write that carries it
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
@@ -39,30 +40,35 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
 
 
 class BatchedWriter:
-    """A structlog logger writing its lines to stderr once per event-loop iteration.
+    """A structlog logger writing its lines to stderr at most every FLUSH_SECONDS.
 
-    A busy loop logs many lines per iteration (one per delivery attempt); one write
-    for all of them saves a system call each. Outside a running loop lines go at once."""
+    A busy loop logs thousands of lines a second (one per delivery attempt); one write
+    for all of them saves a system call each, and each call gives the GIL up. Outside a
+    running loop lines go at once; at exit, what is queued is written."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._lines: list[str] = []
+        self._flush_loop: asyncio.AbstractEventLoop | None = None  # where a flush is due
         atexit.register(self.flush)
 
     def msg(self, message: str) -> None:
         """Queue one line; schedule the write."""
         self._lines.append(message + "\n")
-        if len(self._lines) > 1:
-            return  # a flush is already scheduled
         try:
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
+            return
+        if self._flush_loop is not loop:  # none due, or due on a loop that has ended
+            self._flush_loop = loop
+            loop.call_later(FLUSH_SECONDS, self.flush)
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
     def flush(self) -> None:
         """Write the queued lines."""
+        self._flush_loop = None
         lines, self._lines = self._lines, []
         if lines:
             self._stream.write("".join(lines))
