@@ -197,6 +197,7 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+@functools.lru_cache(maxsize=1024)  # topics and authors: few, and the same for many events
 def _header_safe(value: str) -> str:
     return CONTROL_CHARS.sub(" ", value)
 
