@@ -174,3 +174,47 @@ async def test_waiting_consumers_get_the_error_when_the_store_fails_while_idle(
     waiting = [asyncio.create_task(queue.next()) for _ in range(3)]
     results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
     assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
+
+
+async def test_jobs_leased_ahead_wait_for_the_next_free_consumer(
+    start_switchd: StartSwitchd, sink: Sink
+):
+    app = await start_switchd(consumer_concurrency=0)
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    db, queue = app.service.db, app.service.local_queue
+    queue.prefetch = 3
+    for i in range(10):
+        await app.service.publish("t", "svc", {"body": {"i": i}})
+    first = await queue.next()
+    leased = "SELECT COUNT(*) FROM jobs WHERE lease > 0"
+    for _ in range(500):  # the lease ahead lands in the background
+        if (await db.fetchone(leased))[0] == 4:
+            break
+        await asyncio.sleep(0.01)
+    commits = db.commits
+    ahead = [await queue.next() for _ in range(3)]  # each without waiting for a commit
+    assert db.commits == commits
+    assert len({job.id for job in [first, *ahead]}) == 4
+    assert {job.extra["lease"] for job in ahead} == {1}
+    # At shutdown the jobs still leased ahead are due again at once, with those given back.
+    await queue.release([first, *ahead])
+    assert len(await queue.lease(100, 30)) == 10
+
+
+async def test_a_job_leased_ahead_too_long_ago_is_leased_anew_before_it_runs(
+    start_switchd: StartSwitchd, sink: Sink
+):
+    # A lease of 1.2 s leaves 0.2 s to start a delivery that may take 1 s.
+    app = await start_switchd(
+        consumer_concurrency=0, delivery_timeout=1.0, quick_retries=0, lease_seconds=1.2
+    )
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    queue = app.service.local_queue
+    queue.prefetch = 1
+    for i in range(2):
+        await app.service.publish("t", "svc", {"body": {"i": i}})
+    first = await queue.next()  # and the other job is leased ahead
+    await asyncio.sleep(0.5)
+    second = await queue.next()
+    assert second.id != first.id
+    assert second.extra["lease"] == 2  # not handed out under the lease that ends too soon

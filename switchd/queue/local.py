@@ -3,6 +3,10 @@
 A lease moves a job's `run_at` into the future and bumps its `lease` counter; if the
 consumer dies, `run_at` passes and the job is due again. Settling a job is conditional
 on the lease counter, so a consumer whose lease expired cannot undo a newer lease.
+
+Jobs are leased ahead: up to one per consumer waits, leased, for the next free consumer,
+so a consumer finishing a delivery need not wait for a commit to get its next job. A job
+that waited too long to leave a worst-case delivery inside its lease is made due again.
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ class LocalQueue:
         self.db = db
         self.schedule = settings.retry_schedule
         self.lease_seconds = settings.effective_lease
+        self.prefetch = settings.consumer_concurrency  # jobs leased ahead of the consumers
+        # How long a job leased ahead may wait and still have a worst-case delivery's time.
+        self._start_window = settings.effective_lease - settings.worst_case_delivery
         self._buffer: deque[Job] = deque()  # leased, not yet taken (shutdown releases them)
         self._waiters: deque[asyncio.Future[Job]] = deque()
         self._leaser: asyncio.Task[None] | None = None
@@ -124,12 +131,15 @@ class LocalQueue:
 
     async def next(self) -> Job:
         """The next due job, leased to the caller."""
-        if self._buffer:
-            return self._buffer.popleft()
+        while self._buffer:
+            job = self._buffer.popleft()
+            self._lease_ahead()
+            if time.time() <= job.extra["start_by"]:
+                return job
+            await self._make_due([job])  # waited too long: its lease may end mid-delivery
         waiter: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        if self._leaser is None or self._leaser.done():
-            self._leaser = asyncio.create_task(self._lease_for_waiters())
+        self._lease_ahead()
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -137,15 +147,24 @@ class LocalQueue:
                 self._buffer.appendleft(waiter.result())  # handed over as it was cancelled
             raise
 
+    def _lease_ahead(self) -> None:
+        if self._leaser is None or self._leaser.done():
+            self._leaser = asyncio.create_task(self._lease_for_waiters())
+
     async def _lease_for_waiters(self) -> None:
         """Lease jobs for the waiting consumers and hand each its job directly, one lease
-        after another while any wait. The next lease starts as soon as one lands, before
-        the consumers it served run: they would otherwise delay it by their deliveries."""
-        while self._waiters and not self._closing:
+        after another while any wait or fewer than `prefetch` jobs are leased ahead. The
+        next lease starts as soon as one lands, before the consumers it served run: they
+        would otherwise delay it by their deliveries."""
+        while (self._waiters or len(self._buffer) < self.prefetch) and not self._closing:
             self._wake.clear()
+            wanted = len(self._waiters) + max(0, self.prefetch - len(self._buffer))
+            leased_at = time.time()  # no later than the lease's own clock reading
             try:
-                jobs = await self.lease(len(self._waiters), self.lease_seconds)
-                self._hand_out(jobs)
+                jobs = await self.lease(wanted, self.lease_seconds)
+                self._hand_out(jobs, leased_at + self._start_window)
+                if not jobs and not self._waiters:
+                    return  # nothing due and nobody waiting: the next take leases again
                 if not jobs and not self._closing:
                     await self._idle()
             except Exception as exc:  # the store is down: the consumers wait and retry
@@ -158,8 +177,9 @@ class LocalQueue:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=delay)
 
-    def _hand_out(self, jobs: list[Job]) -> None:
+    def _hand_out(self, jobs: list[Job], start_by: float) -> None:
         for job in jobs:
+            job.extra["start_by"] = start_by
             while self._waiters and self._waiters[0].done():  # its consumer was cancelled
                 self._waiters.popleft()
             if self._waiters:
@@ -224,6 +244,10 @@ class LocalQueue:
             await asyncio.gather(self._leaser, return_exceptions=True)  # at most one lease
         jobs = [*jobs, *self._buffer]
         self._buffer.clear()
+        await self._make_due(jobs)
+
+    async def _make_due(self, jobs: list[Job]) -> None:
+        """End the leases of jobs that did not run, so that they are due now."""
         if jobs:
             now = time.time()
             releases = [(RELEASE, (now, int(j.id), j.extra["lease"])) for j in jobs]
