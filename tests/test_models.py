@@ -15,3 +15,11 @@ def test_event_ids_are_distinct_version_4_uuids_across_refills() -> None:
         assert str(parsed) == text  # canonical lower-case form, as uuid4() gave
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
+
+
+def test_event_ids_read_the_random_bytes_as_uuid_does(monkeypatch) -> None:
+    raw = bytes(range(256)) * 16 * IDS_PER_READ
+    monkeypatch.setattr("os.urandom", lambda n: raw[:n])
+    fresh = type(new_event_id)()
+    for i in range(IDS_PER_READ):
+        assert fresh() == str(uuid.UUID(bytes=raw[16 * i : 16 * i + 16], version=4))
