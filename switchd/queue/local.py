@@ -133,13 +133,13 @@ class LocalQueue:
         """The next due job, leased to the caller."""
         while self._buffer:
             job = self._buffer.popleft()
-            self._lease_ahead()
+            self._start_leasing()
             if time.time() <= job.extra["start_by"]:
                 return job
             await self._make_due([job])  # waited too long: its lease may end mid-delivery
         waiter: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        self._lease_ahead()
+        self._start_leasing()
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -147,11 +147,11 @@ class LocalQueue:
                 self._buffer.appendleft(waiter.result())  # handed over as it was cancelled
             raise
 
-    def _lease_ahead(self) -> None:
+    def _start_leasing(self) -> None:
         if self._leaser is None or self._leaser.done():
-            self._leaser = asyncio.create_task(self._lease_for_waiters())
+            self._leaser = asyncio.create_task(self._lease_while_needed())
 
-    async def _lease_for_waiters(self) -> None:
+    async def _lease_while_needed(self) -> None:
         """Lease jobs for the waiting consumers and hand each its job directly, one lease
         after another while any wait or fewer than `prefetch` jobs are leased ahead. The
         next lease starts as soon as one lands, before the consumers it served run: they
