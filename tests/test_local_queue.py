@@ -121,21 +121,58 @@ async def test_the_next_lease_starts_before_the_consumers_served_run(
     for i in range(3):
         await app.service.publish("t", "svc", {"body": {"i": i}})
     steps: list[str] = []
+    consumers: list[asyncio.Task] = []
     lease = queue.lease
-
-    async def one_at_a_time(limit: int, seconds: float):
-        steps.append("lease")
-        return await lease(1, seconds)
 
     async def consume(name: str) -> None:
         await queue.next()
         steps.append(name)
 
-    monkeypatch.setattr(queue, "lease", one_at_a_time)
-    await asyncio.wait_for(asyncio.gather(*(consume(n) for n in "abc")), 5)
-    # Each lease lands one job; the next lease is under way before its consumer runs.
-    assert steps[:4] == ["lease", "lease", "a", "lease"]
-    assert sorted(steps) == ["a", "b", "c", "lease", "lease", "lease"]
+    async def recorded(limit: int, seconds: float):
+        steps.append(f"lease {limit}")
+        if len(consumers) == 1:  # two more consumers wait while the first lease is under way
+            consumers.extend(asyncio.create_task(consume(n)) for n in "bc")
+        return await lease(limit, seconds)
+
+    monkeypatch.setattr(queue, "lease", recorded)
+    consumers.append(asyncio.create_task(consume("a")))
+    await asyncio.wait_for(consumers[0], 5)
+    await asyncio.wait_for(asyncio.gather(*consumers[1:]), 5)
+    # The first lease fills its one request; the next is under way before its consumer runs.
+    assert steps[:3] == ["lease 1", "lease 2", "a"]
+    assert sorted(steps[3:]) == ["b", "c"]
+
+
+async def test_a_lease_that_finds_fewer_due_jobs_than_wanted_is_not_repeated_at_once(
+    start_switchd: StartSwitchd, sink: Sink, monkeypatch
+):
+    app = await start_switchd(consumer_concurrency=0)
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    queue = app.service.local_queue
+    limits: list[int] = []
+    lease = queue.lease
+
+    async def counted(limit: int, seconds: float):
+        limits.append(limit)
+        return await lease(limit, seconds)
+
+    monkeypatch.setattr(queue, "lease", counted)
+    waiting = [asyncio.create_task(queue.next()) for _ in range(3)]
+    await asyncio.sleep(0.05)  # all three wait on an empty queue
+    await app.service.publish("t", "svc", {"body": {}})
+    await asyncio.wait_for(asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED), 5)
+    await asyncio.sleep(0.1)
+    assert limits == [3, 3]  # the empty lease, then the one that found the job: no more
+    await app.service.publish("t", "svc", {"body": {}})  # a stored job wakes the leasing
+    await asyncio.wait_for(asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED), 5)
+    for _ in range(100):
+        if sum(task.done() for task in waiting) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert sum(task.done() for task in waiting) == 2 and limits == [3, 3, 2]
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
 
 
 async def test_a_job_handed_to_a_consumer_as_it_is_cancelled_is_released(

@@ -155,7 +155,9 @@ class LocalQueue:
         """Lease jobs for the waiting consumers and hand each its job directly, one lease
         after another while any wait or fewer than `prefetch` jobs are leased ahead. The
         next lease starts as soon as one lands, before the consumers it served run: they
-        would otherwise delay it by their deliveries."""
+        would otherwise delay it by their deliveries. A lease that found fewer due jobs
+        than it wanted is not repeated until a job is stored or falls due: an empty lease
+        costs a commit that publishes would wait behind."""
         while (self._waiters or len(self._buffer) < self.prefetch) and not self._closing:
             self._wake.clear()
             wanted = len(self._waiters) + max(0, self.prefetch - len(self._buffer))
@@ -163,9 +165,9 @@ class LocalQueue:
             try:
                 jobs = await self.lease(wanted, self.lease_seconds)
                 self._hand_out(jobs, leased_at + self._start_window)
-                if not jobs and not self._waiters:
-                    return  # nothing due and nobody waiting: the next take leases again
-                if not jobs and not self._closing:
+                if len(jobs) < wanted and not self._closing:
+                    if not self._waiters:
+                        return  # nobody waiting: the next take leases again
                     await self._idle()
             except Exception as exc:  # the store is down: the consumers wait and retry
                 self._fail_waiters(exc)
