@@ -8,6 +8,7 @@ import sqlite3
 import time
 
 from switchd.delivery import Outcome
+from switchd.queue.local import LocalQueue
 from tests.conftest import Sink, StartSwitchd
 
 PAYLOAD = {
@@ -89,13 +90,8 @@ async def test_a_failed_group_commit_fails_its_lease_too(start_switchd: StartSwi
     assert await app.service.local_queue.lease(10, 30) == []  # the next commit works
 
 
-async def test_waiting_consumers_each_get_a_job_of_one_lease(
-    start_switchd: StartSwitchd, sink: Sink, monkeypatch
-):
-    app = await start_switchd(consumer_concurrency=0)
-    for i in range(8):
-        await app.add_subscriber(topic="t", target_url=sink.url(f"/{i}"))
-    queue = app.service.local_queue
+def lease_limits(queue: LocalQueue, monkeypatch) -> list[int]:
+    """The `limit` of each lease the queue runs from now on."""
     limits: list[int] = []
     lease = queue.lease
 
@@ -104,6 +100,17 @@ async def test_waiting_consumers_each_get_a_job_of_one_lease(
         return await lease(limit, seconds)
 
     monkeypatch.setattr(queue, "lease", counted)
+    return limits
+
+
+async def test_waiting_consumers_each_get_a_job_of_one_lease(
+    start_switchd: StartSwitchd, sink: Sink, monkeypatch
+):
+    app = await start_switchd(consumer_concurrency=0)
+    for i in range(8):
+        await app.add_subscriber(topic="t", target_url=sink.url(f"/{i}"))
+    queue = app.service.local_queue
+    limits = lease_limits(queue, monkeypatch)
     waiting = [asyncio.create_task(queue.next()) for _ in range(8)]
     await asyncio.sleep(0.05)  # all eight wait on an empty queue
     await app.service.publish("t", "svc", {"body": {}})  # eight jobs in one commit
@@ -149,14 +156,7 @@ async def test_a_lease_that_finds_fewer_due_jobs_than_wanted_is_not_repeated_at_
     app = await start_switchd(consumer_concurrency=0)
     await app.add_subscriber(topic="t", target_url=sink.url())
     queue = app.service.local_queue
-    limits: list[int] = []
-    lease = queue.lease
-
-    async def counted(limit: int, seconds: float):
-        limits.append(limit)
-        return await lease(limit, seconds)
-
-    monkeypatch.setattr(queue, "lease", counted)
+    limits = lease_limits(queue, monkeypatch)
     waiting = [asyncio.create_task(queue.next()) for _ in range(3)]
     await asyncio.sleep(0.05)  # all three wait on an empty queue
     await app.service.publish("t", "svc", {"body": {}})
@@ -164,8 +164,7 @@ async def test_a_lease_that_finds_fewer_due_jobs_than_wanted_is_not_repeated_at_
     await asyncio.sleep(0.1)
     assert limits == [3, 3]  # the empty lease, then the one that found the job: no more
     await app.service.publish("t", "svc", {"body": {}})  # a stored job wakes the leasing
-    await asyncio.wait_for(asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED), 5)
-    for _ in range(100):
+    for _ in range(500):
         if sum(task.done() for task in waiting) == 2:
             break
         await asyncio.sleep(0.01)
