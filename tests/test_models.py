@@ -18,7 +18,7 @@ def test_event_ids_are_distinct_version_4_uuids_across_refills() -> None:
 
 
 def test_event_ids_read_the_random_bytes_as_uuid_does(monkeypatch) -> None:
-    raw = bytes(range(256)) * 16 * IDS_PER_READ
+    raw = bytes(range(256)) * (IDS_PER_READ // 16)  # 16 bytes per id
     monkeypatch.setattr("os.urandom", lambda n: raw[:n])
     fresh = type(new_event_id)()
     for i in range(IDS_PER_READ):
