@@ -8,10 +8,10 @@ import time
 
 import structlog
 
-from switchd.delivery import Deliverer, Outcome
+from switchd.delivery import Deliverer
 from switchd.event_log import EventLog
 from switchd.metrics import Metrics
-from switchd.models import Job
+from switchd.models import Job, Outcome
 from switchd.queue.base import Disposition, JobQueue
 from switchd.subscribers import Registry, SubscriberStore
 

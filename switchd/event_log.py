@@ -26,9 +26,8 @@ import orjson
 import structlog
 
 from switchd.db import Database, Statement
-from switchd.delivery import Outcome
 from switchd.metrics import Metrics
-from switchd.models import Event, Job
+from switchd.models import Event, Job, Outcome
 
 log = structlog.get_logger("switchd.event_log")
 

@@ -32,7 +32,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from switchd.config import Settings
-from switchd.delivery import Outcome
+from switchd.models import Outcome
 from switchd.queue.faktory import PUSH_TIMEOUT, reserve_for
 from switchd.queue.faktory_protocol import (
     HANDSHAKE_TIMEOUT,

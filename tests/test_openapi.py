@@ -37,9 +37,8 @@ from switchd import __version__
 from switchd.auth import mint
 from switchd.config import Settings
 from switchd.dead_letters import bury
-from switchd.delivery import Outcome
 from switchd.http_api import create_app
-from switchd.models import Job
+from switchd.models import Job, Outcome
 from switchd.openapi import document
 from switchd.service import Switchd
 from switchd.web_console import PREFIX as CONSOLE

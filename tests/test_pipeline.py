@@ -11,8 +11,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from switchd import __version__
-from switchd.delivery import Outcome
-from switchd.models import Job
+from switchd.models import Job, Outcome
 from switchd.queue.base import Disposition
 from switchd.queue.local import LocalQueue
 from tests.conftest import Sink, StartSwitchd, seed_body, seed_token

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-from switchd.delivery import Outcome
-from switchd.models import Event, Job
+from switchd.models import Event, Job, Outcome
 from switchd.subscribers import Subscriber
 
 Disposition = Literal["done", "retry", "dead"]

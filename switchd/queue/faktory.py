@@ -41,9 +41,8 @@ import structlog
 from switchd.config import Settings
 from switchd.db import Database
 from switchd.dead_letters import bury
-from switchd.delivery import Outcome
 from switchd.filters import CompiledFilter, FilterError, compile_filter
-from switchd.models import Event, Job
+from switchd.models import Event, Job, Outcome
 from switchd.queue.base import Disposition, QueueUnavailable
 from switchd.queue.faktory_protocol import (
     FaktoryAddress,

@@ -23,8 +23,7 @@ from typing import Any
 
 import structlog
 
-from switchd.delivery import Outcome
-from switchd.models import Event, Job
+from switchd.models import Event, Job, Outcome
 from switchd.queue.base import Disposition
 from switchd.queue.faktory import FaktoryQueue, NotStored
 from switchd.queue.local import LocalQueue

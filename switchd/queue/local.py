@@ -26,8 +26,7 @@ import structlog
 from switchd.config import Settings
 from switchd.db import Database, Statement
 from switchd.dead_letters import bury
-from switchd.delivery import Outcome
-from switchd.models import Event, Job
+from switchd.models import Event, Job, Outcome
 from switchd.queue.base import Disposition, QueueUnavailable
 from switchd.subscribers import Subscriber
 
