@@ -25,8 +25,14 @@ from switchd import __version__
 from switchd.config import Settings
 from switchd.http_client import HttpClient
 from switchd.metrics import Metrics
-from switchd.models import Attempt, Job, Kind, Outcome
-from switchd.payload import CONTROL_CHARS, HEADER_NAME, HTTP_METHODS, scalar_text
+from switchd.models import Attempt, AttemptKind, Job, Outcome
+from switchd.payload import (
+    CONTROL_CHARS,
+    HEADER_NAME,
+    HEADER_VALUE_CONTROL_CHARS,
+    HTTP_METHODS,
+    scalar_text,
+)
 from switchd.subscribers import SECRET_PREFIX, Registry
 
 log = structlog.get_logger("switchd.delivery")
@@ -165,7 +171,7 @@ def _caller_headers(headers: dict[str, Any]) -> dict[str, str]:
         text = scalar_text(value)
         if name.lower() in DROPPED_HEADERS or not HEADER_NAME.fullmatch(str(name)):
             continue
-        if CONTROL_CHARS.search(text.replace("\t", " ")):
+        if HEADER_VALUE_CONTROL_CHARS.search(text):
             continue
         clean[str(name)] = text
     return clean
@@ -187,7 +193,7 @@ def _keyed_hmac(secret: str) -> hmac.HMAC:
     return hmac.new(base64.b64decode(secret.removeprefix(SECRET_PREFIX)), digestmod="sha256")
 
 
-def classify(status: int) -> Kind:
+def classify(status: int) -> AttemptKind:
     """2xx delivered; 408/425/429/5xx transient; everything else (3xx, 4xx) permanent."""
     if 200 <= status < 300:
         return "delivered"

@@ -8,15 +8,17 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 
+from switchd import __version__
 from switchd.auth import AuthError, Principal, bearer_token
 from switchd.dead_letters import DeadFilter, ReplayRefused
 from switchd.errors import ApiError, InvalidInput
 from switchd.event_queries import STATUSES, EventFilter
 from switchd.filters import check_filter
+from switchd.http_input import MAX_ADMIN_BODY, parse_id, read_body, read_json_object
 from switchd.idempotency import fingerprint, validate_key
 from switchd.metrics import CONTENT_TYPE
+from switchd.openapi import document
 from switchd.overview import DEFAULT_MINUTES, MAX_MINUTES, overview
 from switchd.pagination import DEFAULT_PAGE
 from switchd.payload import load_json_object, parse_publish, validate_payload
@@ -28,8 +30,6 @@ from switchd.web_console import add_routes as add_console_routes
 
 log = structlog.get_logger("switchd.http")
 SERVICE: web.AppKey[Switchd] = web.AppKey("switchd", Switchd)
-MAX_ADMIN_BODY = 64 * 1024
-READ_CHUNK = 64 * 1024
 NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")  # use with fullmatch
 
 
@@ -81,32 +81,6 @@ def authenticate(request: web.Request, admin: bool = False) -> Principal:
     if admin and not principal.admin:
         raise ApiError(403, "forbidden", "this endpoint needs a token with the 'admin' scope")
     return principal
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, or 413 when it exceeds `limit` bytes."""
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.content.iter_chunked(READ_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-    except RequestPayloadError as exc:  # e.g. a body that is not what Content-Encoding says
-        raise InvalidInput(f"cannot read the body: {exc.args[0] if exc.args else exc}") from exc
-    return b"".join(chunks)
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"body exceeds {limit} bytes")
-
-
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """An admin request's JSON object body."""
-    return load_json_object(await read_body(request, MAX_ADMIN_BODY))
 
 
 async def publish(request: web.Request) -> web.Response:
@@ -222,16 +196,18 @@ def _int_param(request: web.Request, name: str, default: int | None) -> int | No
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+    number = parse_id(raw)
+    if number is None:
         raise InvalidInput(f"'{name}' must be a non-negative integer")
-    return int(raw)
+    return number
 
 
 def _dead_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+    number = parse_id(raw)
+    if number is None:
         raise ApiError(404, "not_found", f"no dead letter {raw!r}")
-    return int(raw)
+    return number
 
 
 async def list_dead(request: web.Request) -> web.Response:
@@ -415,9 +391,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def openapi_json(request: web.Request) -> web.Response:
     """GET /openapi.json: the OpenAPI document of this API (no auth)."""
-    from switchd import __version__  # imported here: switchd.openapi imports this module
-    from switchd.openapi import document
-
     return json_response(document(__version__))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,12 +21,14 @@ from switchd.errors import ApiError, InvalidInput
 
 TTL_SECONDS = 24 * 3600
 MAX_KEY_LENGTH = 255
+KEY_CHARS = r"\x20-\x7e"  # printable ASCII
+VALID_KEY = re.compile(f"[{KEY_CHARS}]{{1,{MAX_KEY_LENGTH}}}")  # use with fullmatch
 Response = dict[str, Any]
 
 
 def validate_key(key: str) -> str:
     """A key is 1–255 printable ASCII characters."""
-    if not 1 <= len(key) <= MAX_KEY_LENGTH or not all(" " <= c <= "~" for c in key):
+    if not VALID_KEY.fullmatch(key):
         raise InvalidInput(
             f"Idempotency-Key must be 1..{MAX_KEY_LENGTH} printable ASCII characters",
             "invalid_idempotency_key",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 IDS_PER_READ = 256  # event ids made from one read of the OS's random source
 # The bits a version 4 UUID fixes: its version (4) and its variant (RFC 4122).
@@ -45,7 +45,9 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific (e.g. Faktory)
 
 
-Kind = Literal["delivered", "transient", "permanent", "skipped"]
+AttemptKind = Literal["delivered", "transient", "permanent"]  # of one HTTP request
+Kind = AttemptKind | Literal["skipped"]  # of a whole delivery
+ATTEMPT_KINDS: tuple[str, ...] = get_args(AttemptKind)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Attempt:
     started_at: float
     duration: float  # seconds
     status: int | None
-    kind: Kind
+    kind: AttemptKind
     error: str | None
 
 

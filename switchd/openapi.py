@@ -13,11 +13,14 @@ import orjson
 
 from switchd.event_queries import STATES, STATUSES
 from switchd.filters import MAX_EXPRESSION_LENGTH
-from switchd.http_api import MAX_ADMIN_BODY
-from switchd.idempotency import MAX_KEY_LENGTH
+from switchd.http_input import MAX_ADMIN_BODY, MAX_ID_DIGITS
+from switchd.idempotency import KEY_CHARS, MAX_KEY_LENGTH
+from switchd.models import ATTEMPT_KINDS
 from switchd.overview import BUCKET_SECONDS, DEFAULT_MINUTES, MAX_MINUTES, SERIES
 from switchd.pagination import DEFAULT_PAGE, MAX_PAGE
 from switchd.payload import (
+    CONTROL_RANGES,
+    CONTROL_RANGES_BUT_TAB,
     HEADER_NAME,
     HTTP_METHODS,
     MAX_DEPTH,
@@ -30,10 +33,9 @@ from switchd.subscribers import MAX_DESCRIPTION_LENGTH, MAX_URL_LENGTH, SECRET_P
 
 Schema = dict[str, Any]
 
-NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f-\x9f]*$"  # as payload.CONTROL_CHARS
-NO_CONTROL_CHARS_BUT_TAB = r"^[^\x00-\x08\x0a-\x1f\x7f-\x9f]*$"
-MAX_ID_DIGITS = 18  # http_api: longer numeric ids and cursors are refused
-OUTCOMES = ("delivered", "transient", "permanent")  # of one HTTP attempt
+NO_CONTROL_CHARS = f"^[^{CONTROL_RANGES}]*$"
+NO_CONTROL_CHARS_BUT_TAB = f"^[^{CONTROL_RANGES_BUT_TAB}]*$"
+OUTCOMES = ATTEMPT_KINDS  # of one HTTP attempt
 
 ADMIN_NOTE = "**Admin only**: needs a token whose `scope` claim holds `admin` (403 otherwise)."
 ANY_TOKEN_NOTE = "Any valid token (the seed SDKs' tokens, with only an `Author` claim, work)."
@@ -793,7 +795,7 @@ def publish_paths() -> dict[str, Schema]:
                     param(
                         "Idempotency-Key",
                         "header",
-                        string(minLength=1, maxLength=MAX_KEY_LENGTH, pattern=r"^[\x20-\x7e]*$"),
+                        string(minLength=1, maxLength=MAX_KEY_LENGTH, pattern=f"^[{KEY_CHARS}]*$"),
                         "The same key from the same author within 24 h returns the first "
                         "answer again (with `Idempotent-Replayed: true`) and enqueues "
                         "nothing; with a different request it gets 422. 1..255 printable "

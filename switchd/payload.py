@@ -16,7 +16,10 @@ from switchd.errors import InvalidInput
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 MAX_TOPIC_LENGTH = 255
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")  # use with fullmatch
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL_RANGES = r"\x00-\x1f\x7f-\x9f"  # C0, DEL and C1: refused in topics and URLs
+CONTROL_RANGES_BUT_TAB = r"\x00-\x08\x0a-\x1f\x7f-\x9f"  # refused in header values
+CONTROL_CHARS = re.compile(f"[{CONTROL_RANGES}]")
+HEADER_VALUE_CONTROL_CHARS = re.compile(f"[{CONTROL_RANGES_BUT_TAB}]")
 Scalar = str | int | float | bool | None
 MAX_HEADERS = 100
 MAX_HEADER_VALUE = 8192
@@ -148,7 +151,7 @@ def _check_headers(headers: object) -> None:
             raise InvalidInput(
                 f"header {name!r} is longer than {MAX_HEADER_VALUE} characters", "invalid_header"
             )
-        if CONTROL_CHARS.search(text.replace("\t", " ")):
+        if HEADER_VALUE_CONTROL_CHARS.search(text):
             raise InvalidInput(
                 f"header {name!r} contains control characters (CR/LF)", "invalid_header"
             )

@@ -337,3 +337,24 @@ async def test_bulk_replay_of_one_unreplayable_dead_letter(
         "POST", "/dead/replay", json={"subscriber_id": subscriber_id}, headers=app.admin
     )
     assert (status, body) == (202, {"replayed": 0})
+
+
+def _parameter(path: str, name: str) -> dict[str, Any]:
+    [found] = [p for p in DOC["paths"][path]["get"]["parameters"] if p["name"] == name]
+    return found["schema"]
+
+
+async def test_documented_limits_are_the_enforced_ones(start_switchd: StartSwitchd):
+    """The document takes its limits from the modules that enforce them: at each edge the
+    document and the live app agree."""
+    app = await start_switchd(consumer_concurrency=0)
+    largest = _parameter("/dead", "cursor")["maximum"]
+    assert (await app.call("GET", f"/dead?cursor={largest}", headers=app.admin))[0] == 200
+    assert (await app.call("GET", f"/dead?cursor={largest + 1}", headers=app.admin))[0] == 400
+    topic = re.compile(
+        DOC["components"]["schemas"]["PublishRequest"]["properties"]["topic"]["pattern"]
+    )
+    for name, documented in (("a\x85b", False), ("a\x1fb", False), ("a\xa0b", True)):
+        assert bool(topic.fullmatch(name)) is documented
+        status, _ = await app.publish(name, {})
+        assert (status == 202) is documented, name
