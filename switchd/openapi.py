@@ -21,6 +21,7 @@ from switchd.pagination import DEFAULT_PAGE, MAX_PAGE
 from switchd.payload import (
     CONTROL_RANGES,
     CONTROL_RANGES_BUT_TAB,
+    EXACT_INTEGERS,
     HEADER_NAME,
     HTTP_METHODS,
     MAX_DEPTH,
@@ -201,6 +202,7 @@ def topic_schema() -> Schema:
 
 def publish_payload() -> Schema:
     """The event payload: how to deliver it, plus any fields filters may look at."""
+    low, high = EXACT_INTEGERS
     header_value = {
         "anyOf": [
             string(maxLength=MAX_HEADER_VALUE, pattern=NO_CONTROL_CHARS_BUT_TAB),
@@ -238,7 +240,8 @@ def publish_payload() -> Schema:
             ),
             "http_method": nullable(
                 string(
-                    f"Delivery method, any letter case: {', '.join(HTTP_METHODS)}. Default POST.",
+                    f"Delivery method, any letter case: {', '.join(HTTP_METHODS)}. Default POST. "
+                    "Filters see it as published; the delivery request uses it upper-cased.",
                     pattern=any_case(HTTP_METHODS),
                 )
             ),
@@ -246,7 +249,9 @@ def publish_payload() -> Schema:
         required=(),
         closed=False,
         description=(
-            f"Nested at most {MAX_DEPTH} levels. Other fields are kept and visible to filters."
+            f"Nested at most {MAX_DEPTH} levels; integers within {low}..{high} (others would "
+            "be read as another number). Filters see the payload exactly as published; other "
+            "fields are kept and visible to them."
         ),
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import json
 import re
 import unicodedata
 from typing import Any
@@ -24,6 +25,11 @@ Scalar = str | int | float | bool | None
 MAX_HEADERS = 100
 MAX_HEADER_VALUE = 8192
 MAX_DEPTH = 64  # orjson writes at most 255 levels; deliveries never need this many
+# orjson reads an integer outside this range as a float (a different number): such a
+# document is refused. Only a run of 19 digits can hold one, so only then is it checked.
+EXACT_INTEGERS = (-(2**63), 2**64 - 1)
+DIGITS_AS_ZEROS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))  # for bytes.translate
+LONG_DIGIT_RUN = b"0" * 19
 
 
 def load_json_object(raw: bytes) -> dict[str, Any]:
@@ -32,6 +38,7 @@ def load_json_object(raw: bytes) -> dict[str, Any]:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}", "invalid_json") from exc
+    _refuse_inexact_integers(raw, "invalid_json")
     if not isinstance(document, dict):
         raise InvalidInput("body must be a JSON object", "invalid_json")
     return document
@@ -49,6 +56,26 @@ def parse_publish(raw: bytes) -> tuple[str, dict[str, Any]]:
     if "payload" not in fields:
         raise InvalidInput("'payload' is required", "invalid_payload")
     return topic, validate_payload(decode_payload(fields["payload"]))
+
+
+def _refuse_inexact_integers(raw: bytes, code: str) -> None:
+    """Refuse JSON (that orjson accepted) holding an integer orjson reads as a float: the
+    filters and the subscribers would see another number than the one published."""
+    if LONG_DIGIT_RUN not in raw.translate(DIGITS_AS_ZEROS):
+        return
+    try:
+        json.loads(raw, parse_int=functools.partial(_exact_integer, code))
+    except RecursionError as exc:  # deeper than the payload may be anyway
+        raise InvalidInput("JSON nested too deeply", code) from exc
+
+
+def _exact_integer(code: str, text: str) -> int:
+    low, high = EXACT_INTEGERS
+    if len(text) <= len(str(low)):  # longer ones are out of range (and int() may refuse them)
+        number = int(text)
+        if low <= number <= high:
+            return number
+    raise InvalidInput(f"integer {text[:30]} is outside {low}..{high}", code)
 
 
 def validate_topic(topic: object) -> str:
@@ -86,25 +113,25 @@ def decode_payload(value: object) -> dict[str, Any]:
         payload = orjson.loads(decoded)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput("'payload' does not decode to JSON", "invalid_payload") from exc
+    _refuse_inexact_integers(decoded, "invalid_payload")
     if not isinstance(payload, dict):
         raise InvalidInput("'payload' must decode to a JSON object", "invalid_payload")
     return payload
 
 
 def validate_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    """Check the delivery fields; normalise `http_method` to upper case."""
+    """Check the delivery fields. Nothing is rewritten: filters see the payload exactly as
+    published (the delivery request upper-cases `http_method` itself)."""
     if _deeper_than(payload, MAX_DEPTH):
         raise InvalidInput(f"'payload' is nested deeper than {MAX_DEPTH} levels", "invalid_payload")
     _check_headers(payload.get("headers"))
     _check_scalar_map(payload.get("path_params"), "path_params", lists=False)
     _check_scalar_map(payload.get("query_params"), "query_params", lists=True)
     method = payload.get("http_method")
-    if method is not None:
-        if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
-            raise InvalidInput(
-                f"'http_method' must be one of {', '.join(HTTP_METHODS)}", "invalid_payload"
-            )
-        payload["http_method"] = method.upper()
+    if method is not None and (not isinstance(method, str) or method.upper() not in HTTP_METHODS):
+        raise InvalidInput(
+            f"'http_method' must be one of {', '.join(HTTP_METHODS)}", "invalid_payload"
+        )
     return payload
 
 

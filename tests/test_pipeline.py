@@ -14,7 +14,7 @@ from switchd import __version__
 from switchd.models import Job, Outcome
 from switchd.queue.base import Disposition
 from switchd.queue.local import LocalQueue
-from tests.conftest import Sink, StartSwitchd, seed_body, seed_token
+from tests.conftest import Running, Sink, StartSwitchd, seed_body, seed_token
 
 SEED_FILTER = (
     'data["body"]["x"] == 1 and data["headers"]["y"] == "z" '
@@ -99,6 +99,44 @@ async def test_seed_filter_examples(start_switchd: StartSwitchd, sink: Sink):
     assert paths.count("/true") == paths.count("/empty") == len(cases)
     assert len(sink.requests) == expected_total
     assert (await app.call("GET", "/healthz"))[0] == 200
+
+
+# The seed README's second example: the seed SDK sends `http_method` as the caller wrote it.
+SEED_METHOD_FILTER = (
+    'data["http_method"] == "post" and data["body"]["x"] and data["body"]["x"]["y"]'
+)
+
+
+async def seed_sdk_publish(app: Running, topic: str, payload: dict) -> tuple[int, dict]:
+    """POST /publish exactly as the seed Python SDK does: base64 `Payload`, a `bearer`
+    token with only an `Author` claim, no Content-Type."""
+    return await app.call(
+        "POST",
+        "/publish",
+        data=seed_body(topic, payload),
+        headers={"Authorization": f"bearer {seed_token()}"},
+        skip_auto_headers=["Content-Type"],
+    )
+
+
+async def test_filters_see_the_payload_as_published(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd(log_payloads=True)
+    subscriber = await app.add_subscriber(
+        topic="m", target_url=sink.url("/m"), filter_expression=SEED_METHOD_FILTER
+    )
+    published = {"http_method": "post", "body": {"x": {"y": 1}}}
+    status, body = await seed_sdk_publish(app, "m", published)
+    assert status == 202, body
+    assert body["matched"] == 1 and body["subscribers"] == [subscriber["id"]]
+    [request] = await sink.wait_for(1)
+    assert request.method == "POST"  # only the delivery request uses the normalised method
+    assert request.json() == {"x": {"y": 1}}
+    _, logged = await app.call("GET", f"/events/{body['event_id']}", headers=app.admin)
+    assert logged["payload"] == published  # stored as published too
+    status, upper = await seed_sdk_publish(app, "m", {**published, "http_method": "POST"})
+    assert (status, upper["matched"]) == (202, 0)  # "POST" is not "post"
+    await asyncio.sleep(0.3)
+    assert len(sink.requests) == 1
 
 
 async def test_transient_failures_then_success_delivers_once(
