@@ -113,10 +113,8 @@ async def start_site(app: web.Application, port: int = 0) -> tuple[web.AppRunner
     """Serve `app` on 127.0.0.1 (a free port unless given); return the runner and base URL."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    sockets = site._server.sockets  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 async def serve_sink() -> tuple[Sink, web.AppRunner]:
@@ -162,9 +160,11 @@ class Running:
         return body
 
     async def publish(self, topic: str, payload: dict[str, Any], **kwargs: Any) -> tuple[int, Any]:
-        return await self.call(
-            "POST", "/publish", json={"topic": topic, "payload": payload}, headers=self.publisher
-        )
+        """POST /publish as the publisher "svc"; `kwargs` go to the request, and `headers`
+        among them are sent besides (or instead of) the publisher's Authorization."""
+        headers = {**self.publisher, **kwargs.pop("headers", {})}
+        body = {"topic": topic, "payload": payload}
+        return await self.call("POST", "/publish", json=body, headers=headers, **kwargs)
 
     async def count(self, table: str) -> int:
         row = await self.service.db.fetchone(f"SELECT COUNT(*) FROM {table}")

@@ -640,10 +640,8 @@ async def raw_sink() -> AsyncIterator[RawSink]:
     recorder = RawSink()
     runner = web.ServerRunner(web.Server(recorder.handle), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    recorder.base_url = f"http://127.0.0.1:{port}"
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    recorder.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     yield recorder
     await runner.cleanup()
 

@@ -53,10 +53,8 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
     """`app` on a free port of 127.0.0.1."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 async def add_subscribers(service: Switchd, sink_url: str) -> None:
