@@ -157,6 +157,10 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX dead_at ON dead_letters(dead_at);
     """,
+    # A key is pending while its event's jobs are pushed to Faktory (idempotency.py).
+    """
+    ALTER TABLE idempotency_keys ADD COLUMN state TEXT NOT NULL DEFAULT 'done';
+    """,
 ]
 
 

@@ -16,7 +16,7 @@ from switchd.errors import ApiError, InvalidInput
 from switchd.event_queries import STATUSES, EventFilter
 from switchd.filters import check_filter
 from switchd.http_input import MAX_ADMIN_BODY, parse_id, read_body, read_json_object
-from switchd.idempotency import fingerprint, validate_key
+from switchd.idempotency import Claim, fingerprint, validate_key
 from switchd.metrics import CONTENT_TYPE
 from switchd.openapi import document
 from switchd.overview import DEFAULT_MINUTES, MAX_MINUTES, overview
@@ -89,21 +89,17 @@ async def publish(request: web.Request) -> web.Response:
     principal = authenticate(request)
     topic, payload = parse_publish(await read_body(request, service.settings.max_payload_bytes))
     key = request.headers.get("Idempotency-Key")
-
-    async def work() -> dict[str, Any]:
-        try:
-            return await service.publish(topic, principal.author, payload)
-        except QueueUnavailable as exc:
-            log.error("publish_unavailable", topic=topic, error=str(exc))
-            raise ApiError(
-                503, "queue_unavailable", "the event could not be stored; retry later"
-            ) from exc
-
-    if key is None:
-        return json_response(await work(), status=202)
-    result, replayed = await service.idempotency.run(
-        principal.author, validate_key(key), fingerprint(topic, payload), work
-    )
+    try:
+        if key is None:
+            result, replayed = await service.publish(topic, principal.author, payload), False
+        else:
+            claim = Claim(principal.author, validate_key(key), fingerprint(topic, payload))
+            result, replayed = await service.publish_once(topic, payload, claim)
+    except QueueUnavailable as exc:
+        log.error("publish_unavailable", topic=topic, error=str(exc))
+        raise ApiError(
+            503, "queue_unavailable", "the event could not be stored; retry later"
+        ) from exc
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return json_response(result, status=202, headers=headers)
 

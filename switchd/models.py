@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -43,6 +44,16 @@ class Job:
     first_attempt_at: float | None = None
     next_retry_at: float | None = None  # set by a settle that scheduled a retry at a known time
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific (e.g. Faktory)
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An `Idempotency-Key`'s row for the publish it guards, in two states (idempotency.py):
+    `done` is committed in the transaction that stores the event's jobs; `pending` is
+    committed before jobs go to a queue no transaction of ours spans (Faktory)."""
+
+    pending: tuple[str, Sequence[Any]]  # an SQL statement and its parameters
+    done: tuple[str, Sequence[Any]]
 
 
 AttemptKind = Literal["delivered", "transient", "permanent"]  # of one HTTP request

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.timeout(60)
 class Server:
     """A `switchd serve` subprocess on a free port."""
 
+    arguments: tuple[str, ...] = ("-m", "switchd", "serve")  # of the Python interpreter
+
     def __init__(self, db: Path, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -39,9 +41,7 @@ class Server:
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "switchd",
-            "serve",
+            *self.arguments,
             env=self.env,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,

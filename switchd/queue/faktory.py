@@ -42,7 +42,7 @@ from switchd.config import Settings
 from switchd.db import Database
 from switchd.dead_letters import bury
 from switchd.filters import CompiledFilter, FilterError, compile_filter
-from switchd.models import Event, Job, Outcome
+from switchd.models import Event, Job, KeyRecord, Outcome
 from switchd.queue.base import Disposition, QueueUnavailable
 from switchd.queue.faktory_protocol import (
     FaktoryAddress,
@@ -297,10 +297,19 @@ class FaktoryQueue:
 
     # -- producing ----------------------------------------------------------------------
 
-    async def enqueue(self, event: Event, subscribers: list[Subscriber]) -> None:
-        """PUSHB one job per subscriber; raise NotStored naming those Faktory did not take."""
+    async def enqueue(
+        self, event: Event, subscribers: list[Subscriber], key: KeyRecord | None = None
+    ) -> None:
+        """PUSHB one job per subscriber; raise NotStored naming those Faktory did not take.
+        With `key` (idempotency.py): its pending row is committed before the push (if that
+        fails, nothing is pushed: QueueUnavailable), its done row once Faktory took all."""
         if self.down_since is not None:
             raise NotStored(subscribers, f"faktory unreachable: {self.last_error}")
+        if key is not None:
+            try:
+                await self.db.write([key.pending])
+            except Exception as exc:
+                raise QueueUnavailable(f"cannot store the idempotency key: {exc}") from exc
         payload = base64.b64encode(event.payload_json).decode()
         jobs = [self.job_for(event, s, payload) for s in subscribers]
         try:
@@ -313,6 +322,16 @@ class FaktoryQueue:
             log.warning("faktory_refused_jobs", event_id=event.id, errors=refused)
             failed = [s for s, job in zip(subscribers, jobs, strict=True) if job["jid"] in refused]
             raise NotStored(failed, f"faktory refused {len(failed)} job(s)")
+        if key is not None:
+            await self._mark_done(event, key)
+
+    async def _mark_done(self, event: Event, key: KeyRecord) -> None:
+        """The key's done row, after the push. Not durable: if it is lost (a power cut, a
+        storage fault), the key stays pending and a retry pushes the jobs again."""
+        try:
+            await self.db.write([key.done], durable=False)
+        except Exception as exc:  # the jobs are stored: the publish still succeeds
+            log.warning("idempotency_key_left_pending", event_id=event.id, error=str(exc))
 
     async def _push(self, jobs: list[dict[str, Any]]) -> dict[str, str]:
         """PUSHB; once more on a fresh connection if the current one was found broken (it
