@@ -136,7 +136,7 @@ class _NoDefaultContentType(urllib.request.BaseHandler):
     handler_order = 1000  # after AbstractHTTPHandler.do_request_ added it
 
     def http_request(self, request: urllib.request.Request) -> urllib.request.Request:
-        request.unredirected_hdrs.pop("Content-type", None)
+        request.remove_header("Content-type")  # how urllib spells the name it added
         return request
 
     https_request = http_request

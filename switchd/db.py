@@ -288,8 +288,9 @@ class Database:
             try:
                 writer = self._require(self._writer)
                 async with self._lock:
-                    # aiosqlite's own queue to its connection's thread (it has no public API
-                    # for a function taking the connection); ordered with every call on it.
+                    # aiosqlite's private queue to its connection's thread (no public API runs
+                    # a function taking the connection), ordered with every call on it; fenced:
+                    # aiosqlite <0.23 in pyproject.toml, tests/test_private_apis.py.
                     await writer._execute(self._commit_queued, writer._conn, loop)
             except Exception as exc:  # no connection to write on: fail what is queued
                 batch = [self._queue.popleft() for _ in range(len(self._queue))]

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 
 from switchd.errors import ApiError, InvalidInput
 from switchd.payload import load_json_object
@@ -31,7 +30,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             if size > limit:
                 raise _too_large(limit)
             chunks.append(chunk)
-    except RequestPayloadError as exc:  # e.g. a body that is not what Content-Encoding says
+    except web.RequestPayloadError as exc:  # e.g. a body that is not what Content-Encoding says
         raise InvalidInput(f"cannot read the body: {exc.args[0] if exc.args else exc}") from exc
     return b"".join(chunks)
 
