@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import structlog
@@ -156,8 +155,15 @@ class ConsumerPool:
                 await asyncio.sleep(SETTLE_RETRY_SECONDS)
 
     async def _disable(self, subscriber_id: str) -> None:
+        """Turn the subscriber off (it answered 410); log what happened, never raise."""
         reason = "endpoint answered 410 Gone"
-        with contextlib.suppress(Exception):
+        try:
             await self.store.disable(subscriber_id, reason)
-            await self.registry.reload()
+        except Exception as exc:
+            log.error("subscriber_disable_failed", subscriber_id=subscriber_id, error=str(exc))
+            return
         log.warning("subscriber_disabled", subscriber_id=subscriber_id, reason=reason)
+        try:
+            await self.registry.reload()
+        except Exception as exc:  # the change poller picks the change up within a second
+            log.warning("registry_reload_failed", error=str(exc))

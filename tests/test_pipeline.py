@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from standardwebhooks.webhooks import Webhook
 
 from switchd import __version__
@@ -196,6 +197,35 @@ async def test_gone_disables_the_subscriber(start_switchd: StartSwitchd, sink: S
     assert len(sink.requests) == 1
 
 
+async def test_gone_is_logged_as_a_disable_only_when_the_disable_happened(
+    start_switchd: StartSwitchd, sink: Sink
+):
+    app = await start_switchd()
+    sink.status = 410
+    subscriber = await app.add_subscriber(topic="t", target_url=sink.url())
+    writer = app.service.db._writer
+    assert writer is not None
+    refuse = "SELECT RAISE(ABORT, 'injected storage fault')"
+    await writer.execute(f"CREATE TRIGGER fault BEFORE UPDATE ON subscribers BEGIN {refuse}; END")
+    with structlog.testing.capture_logs() as logs:
+        await app.publish("t", {"body": {}})
+        await _wait_for_dead(app)
+    events = [entry["event"] for entry in logs]
+    assert "subscriber_disable_failed" in events and "subscriber_disabled" not in events
+    [failed] = [entry for entry in logs if entry["event"] == "subscriber_disable_failed"]
+    assert failed["subscriber_id"] == subscriber["id"] and "injected" in failed["error"]
+    _, shown = await app.call("GET", f"/subscribers/{subscriber['id']}", headers=app.admin)
+    assert shown["enabled"] is True  # the disable did not happen
+
+    await writer.execute("DROP TRIGGER fault")
+    with structlog.testing.capture_logs() as logs:
+        await app.publish("t", {"body": {}})
+        await _wait_for_dead(app, count=2)
+    assert [e["event"] for e in logs].count("subscriber_disabled") == 1
+    _, shown = await app.call("GET", f"/subscribers/{subscriber['id']}", headers=app.admin)
+    assert shown["enabled"] is False
+
+
 async def test_retry_after_is_honoured(start_switchd: StartSwitchd, sink: Sink):
     app = await start_switchd(quick_retry_max_wait=0.5, quick_retries=1)
     sink.script.append(429)
@@ -298,13 +328,14 @@ async def test_readyz_turns_503_when_draining(start_switchd: StartSwitchd):
     assert status == 503 and any("draining" in r for r in body["reasons"])
 
 
-async def _wait_for_dead(app, timeout: float = 10.0) -> dict:
+async def _wait_for_dead(app, count: int = 1, timeout: float = 10.0) -> dict:
+    """The first dead letter, once `count` are there."""
     for _ in range(int(timeout / 0.05)):
-        row = await app.service.db.fetchone("SELECT * FROM dead_letters")
-        if row is not None:
-            return dict(row)
+        rows = await app.service.db.fetchall("SELECT * FROM dead_letters ORDER BY id")
+        if len(rows) >= count:
+            return dict(rows[0])
         await asyncio.sleep(0.05)
-    raise AssertionError("no dead letter appeared")
+    raise AssertionError(f"fewer than {count} dead letters appeared")
 
 
 async def test_purge_keeps_events_that_jobs_still_need(start_switchd: StartSwitchd, sink: Sink):
