@@ -9,9 +9,15 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: run sink test bench lint format clean screenshots
 
+# The package and what `switchd serve` needs; the test extras (pytest, ruff, playwright,
+# ...) only for the targets that use them.
 $(BIN)/switchd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test-extras: $(BIN)/switchd
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
@@ -33,22 +39,22 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
 
-test: $(BIN)/switchd $(CHROMIUM)
+test: $(VENV)/.test-extras $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
-screenshots: $(BIN)/switchd $(CHROMIUM)
+screenshots: $(VENV)/.test-extras $(CHROMIUM)
 	$(BIN)/python tools/screenshots.py docs/console
 
 bench: $(BIN)/switchd
 	$(BIN)/python bench/run.py
 
-lint: $(BIN)/switchd
+lint: $(VENV)/.test-extras
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(BIN)/switchd
+format: $(VENV)/.test-extras
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
