@@ -804,7 +804,9 @@ def publish_paths() -> dict[str, Schema]:
                         "The same key from the same author within 24 h returns the first "
                         "answer again (with `Idempotent-Replayed: true`) and enqueues "
                         "nothing; with a different request it gets 422. 1..255 printable "
-                        "ASCII characters, else 400.",
+                        "ASCII characters, else 400. The key is stored with the event's jobs "
+                        "(all or nothing); under Faktory a retry after a crash mid-publish "
+                        "gets the first event id, its jobs pushed again (README).",
                         required=False,
                     )
                 ],
