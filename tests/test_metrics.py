@@ -84,10 +84,12 @@ async def test_in_flight_gauge_counts_deliveries_under_way(start_switchd: StartS
     app = await start_switchd()
     await app.add_subscriber(topic="slow", target_url=sink.url())
     assert value(await scrape(app), "switchd_deliveries_in_flight") == 0
+    await app.publish("slow", {"body": {"n": 0}})  # an endpoint takes one request until
+    await sink.wait_for(1)  # it first answers (endpoints.py)
     sink.delay = 1.0
-    for n in range(3):
+    for n in range(1, 4):
         await app.publish("slow", {"body": {"n": n}})
-    await sink.wait_for(3)
+    await sink.wait_for(4)
     assert value(await scrape(app), "switchd_deliveries_in_flight") == 3
     sink.delay = 0.0
     for _ in range(100):
