@@ -13,6 +13,8 @@ import contextlib
 import math
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +26,7 @@ import orjson
 import pytest
 
 from switchd.auth import mint
-from tests.conftest import SECRET, Sink, StartSwitchd, serve_sink
+from tests.conftest import SECRET, Sink, StartSwitchd, clean_environ, serve_sink
 from tests.test_event_log import event_where
 from tests.test_process import Server
 
@@ -212,7 +214,7 @@ async def test_a_hanging_endpoint_that_recovers_gets_each_event_once(
     await server.start()
     try:
         endpoint = await silent()
-        await server.subscribe("t", endpoint.url)
+        subscriber = await server.subscribe("t", endpoint.url)
         published = await server.publish("t", 30)
         deadline = time.monotonic() + 40
         while len(server.logged("circuit_opened")) < 2:  # opened, then a probe failed
@@ -224,6 +226,9 @@ async def test_a_hanging_endpoint_that_recovers_gets_each_event_once(
         state = (await server.endpoints())[origin(endpoint.url)]
         assert state["circuit"] in ("open", "half_open") and state["limit"] == 1, state
         assert state["last_error"] == "timeout" and state["set_aside"] >= 1
+        status, shown = await server.call("GET", f"/subscribers/{subscriber['id']}", None, True)
+        assert status == 200 and shown["endpoint"]["origin"] == origin(endpoint.url)
+        assert shown["endpoint"]["circuit"] in ("open", "half_open")
         endpoint.hanging = False  # it recovers
         deadline = time.monotonic() + 60
         while set(endpoint.answered) != set(published):
@@ -387,3 +392,27 @@ async def test_jobs_set_aside_survive_sigterm_and_kill(tmp_path: Path, sink: Sin
         delivered_once_more(sink, ids)
     finally:
         assert await server.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "expected"),
+    [
+        ("SWITCH_CIRCUIT_FAILURES", "0", "an integer 1..1000"),
+        ("SWITCH_CIRCUIT_COOLDOWN", "soon", "seconds, 0.1..3600"),
+        ("SWITCH_CIRCUIT_MAX_COOLDOWN", "1", "at least SWITCH_CIRCUIT_COOLDOWN (5 s)"),
+        ("SWITCH_SET_ASIDE_MAX", "lots", "an integer 0..1000000"),
+        ("SWITCH_ENDPOINT_MAX_IN_FLIGHT", "-3", "an integer 0..10000 (0: no fixed cap)"),
+    ],
+)
+def test_a_bad_isolation_setting_is_one_line_and_exit_2(variable: str, raw: str, expected: str):
+    result = subprocess.run(
+        [sys.executable, "-m", "switchd", "serve"],
+        capture_output=True,
+        text=True,
+        env={**clean_environ(), "SWITCH_JWT_SECRET": SECRET, variable: raw},
+        timeout=30,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"switchd: config: {variable}=") and line.endswith(expected), line
+    assert f" is invalid: expected {expected}" in line
