@@ -246,10 +246,11 @@ def publish_body(topic: str, i: int) -> bytes:
 
 
 async def measure_fanout(
-    sink: Process, fanout: int, events: int, workdir: Path
+    sink: Process, fanout: int, events: int, workdir: Path, **env: str
 ) -> dict[str, float]:
-    """M events published concurrently to K subscribers: accept rate, delivery rate, RSS."""
-    app = await start_switchd(workdir / f"fanout{fanout}.db")
+    """M events published concurrently to K subscribers: accept rate, delivery rate, RSS.
+    `env` goes to the switchd process."""
+    app = await start_switchd(workdir / f"fanout{fanout}.db", **env)
     try:
         async with aiohttp.ClientSession() as client, Publisher(app) as load:
             await add_subscribers(client, app, sink, "bench", fanout)

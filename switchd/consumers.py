@@ -187,6 +187,7 @@ class ConsumerPool:
             if now - started > PATIENCE_SECONDS and task in self._consumers and self._room():
                 self._consumers.discard(task)  # it leaves once this delivery ends
                 self._spawn(consumer=True)
+                self.metrics.handoffs.inc()
 
     def _room(self) -> bool:
         """Whether another straggler or helper may run beside the consumers."""

@@ -111,6 +111,11 @@ class Metrics:
             ["origin"],
             registry=r,
         )
+        self.handoffs = Counter(
+            "switchd_consumer_handoffs",
+            "Consumers that handed their place to a fresh one, a delivery having lasted 0.5 s",
+            registry=r,
+        )
         self.set_aside = Gauge(
             "switchd_endpoint_jobs_set_aside",
             "Jobs held in memory for busy or sick endpoints",
