@@ -378,20 +378,21 @@ class Isolation:
 
     def _set_aside(self, job: Job, endpoint: Endpoint, refusal: Refusal, now: float) -> None:
         self.metrics.child(self.metrics.jobs_deferred, refusal).inc()
-        if refusal in ("open", "probing"):
-            if job.first_attempt_at is None:
-                job.first_attempt_at = now  # its retry deadline counts from here
-            if refusal == "open" and now >= self.queue.retry_deadline(job):
-                self._bury(job, endpoint, now)
-                return
+        if refusal in ("open", "probing") and job.first_attempt_at is None:
+            job.first_attempt_at = now  # its retry deadline counts from here
         chance = endpoint.next_chance(now)
-        latest = job.start_by - HOLD_MARGIN
-        if self.held < self.max_held and now < latest and (chance is None or chance < latest):
+        if self._expired(job, endpoint, now):
+            self._bury(job, endpoint, now)
+        elif self.held < self.max_held and _may_hold(job, chance, now):
             endpoint.held.append(job)
             self.held += 1
             self._holding.add(endpoint)
         else:
             self._give_back(job, chance or now + endpoint.drain_time())
+
+    def _expired(self, job: Job, endpoint: Endpoint, now: float) -> bool:
+        """Whether the open circuit has kept `job` past its retry deadline."""
+        return endpoint.circuit == "open" and now >= self.queue.retry_deadline(job)
 
     def _give_back(self, job: Job, until: float) -> None:
         self._returns.append((job, until))
@@ -432,10 +433,9 @@ class Isolation:
         chance = endpoint.next_chance(now)
         kept: deque[Job] = deque()
         for job in endpoint.held:
-            latest = job.start_by - HOLD_MARGIN
-            if endpoint.circuit == "open" and now >= self.queue.retry_deadline(job):
+            if self._expired(job, endpoint, now):
                 self._bury(job, endpoint, now)
-            elif now >= latest or (chance is not None and chance >= latest):
+            elif not _may_hold(job, chance, now):
                 self._give_back(job, chance or now + endpoint.drain_time())
             else:
                 kept.append(job)
@@ -528,6 +528,13 @@ class Isolation:
         self.metrics.endpoint_limit.clear()
         for endpoint in worst:
             self.metrics.endpoint_limit.labels(endpoint.origin).set(int(endpoint.limit))
+
+
+def _may_hold(job: Job, chance: float | None, now: float) -> bool:
+    """Whether `job` may wait in memory: its endpoint may take it (at `chance`, if known)
+    while its lease or reservation still leaves room for a whole delivery."""
+    latest = job.start_by - HOLD_MARGIN
+    return now < latest and (chance is None or chance < latest)
 
 
 def _worst_first(endpoint: Endpoint) -> tuple[bool, float, str]:

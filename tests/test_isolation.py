@@ -355,7 +355,10 @@ async def stop_with_jobs_set_aside(server: Served, sink: Sink, sig: int) -> list
     await server.subscribe("t", sink.url())
     ids = await server.publish("t", 6)
     [first] = await sink.wait_for(1)
-    state = (await server.endpoints())[origin(sink.url())]
+    deadline = time.monotonic() + 10
+    while (state := (await server.endpoints())[origin(sink.url())])["set_aside"] < 5:
+        assert time.monotonic() < deadline, state
+        await asyncio.sleep(0.05)
     assert (state["in_flight"], state["set_aside"]) == (1, 5), state
     assert await server.stop(sig) == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
     sink.delay = 0
