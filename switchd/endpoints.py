@@ -172,7 +172,7 @@ class Endpoint:
         if refusal is None:
             if self.circuit == "open":
                 self.circuit = "half_open"
-                log.info("circuit_half_open", origin=self.origin, probe="one request")
+                log.info("circuit_half_open", origin=self.origin, after_seconds=self.cooldown)
             if not self.in_flight:
                 self.quiet_since = now
             self.in_flight += 1
