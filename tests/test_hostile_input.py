@@ -460,6 +460,23 @@ ROWS = [
     pytest.param(bad_filter("(" * 10_000 + "1" + ")" * 10_000), id="filter-10k-parentheses"),
     pytest.param(bad_filter("1 or " * 12_000 + "1"), id="filter-60k-chars"),
     pytest.param(bad_filter("[[[[[[[[[[" * 5 + "]]]]]]]]]]" * 5), id="filter-nested-list-50"),
+    # --- filters that can never evaluate: refused when saved (they would match nothing) --------
+    pytest.param(bad_filter("9**9**9"), id="filter-pow-tower"),
+    pytest.param(bad_filter("'a' * 10**10"), id="filter-string-product"),
+    pytest.param(bad_filter("[0] * 10**8"), id="filter-list-product"),
+    pytest.param(bad_filter("1 << 10**6"), id="filter-left-shift"),
+    pytest.param(bad_filter("[[[1] * 100000] * 100000] * 100000"), id="filter-nested-list-bomb"),
+    pytest.param(bad_filter("str([[1] * 99999] * 99999)"), id="filter-str-of-list-bomb"),
+    pytest.param(bad_filter("data['x'] == 1 or 9**9**9"), id="filter-pow-behind-short-circuit"),
+    pytest.param(bad_filter("'%099999999d' % 1"), id="filter-percent-width-100m"),
+    pytest.param(bad_filter("'%.99999999f' % 1.0"), id="filter-percent-precision-100m"),
+    pytest.param(bad_filter('"{0}".format(data)'), id="filter-format-method"),
+    pytest.param(bad_filter("'{0.__class__.__init__.__globals__}'.format(data)"),
+                 id="filter-format-globals"),
+    pytest.param(bad_filter("str.format('{0.__class__}', data)"), id="filter-str-format-via-type"),
+    pytest.param(bad_filter("data['body'].update({'x': 2}) or True"), id="filter-mutating-update"),
+    pytest.param(bad_filter("'abc'.get(data['x'])"), id="filter-method-of-another-type"),
+    pytest.param(bad_filter("data['x'] == int('x')"), id="filter-constant-that-raises"),
     pytest.param(create({"filter_expression": "1 or " * 20_000 + "1"}, 413, "payload_too_large"),
                  id="filter-100k-chars"),
     # --- /dead (same input-hardening gap) -----------------------------------------------------
@@ -772,19 +789,12 @@ FORMAT_BOMB = (
 )
 
 EVALUATED = [
-    # (filter, payload body, bug)
-    pytest.param("9**9**9", {}, id="pow-tower"),
-    pytest.param("'a' * 10**8", {}, id="string-product"),
-    pytest.param("[0] * 10**8", {}, id="list-product"),
-    pytest.param("1 << 10**6", {}, id="left-shift"),
-    pytest.param("[[[1] * 100000] * 100000] * 100000", {}, id="nested-list-bomb"),
-    pytest.param("str([[1] * 99999] * 99999)", {}, id="str-of-list-bomb"),
+    # (filter, payload body); constant bombs are refused when saved (the rows above)
     pytest.param("data['body']['s'] * 10**6", {"s": "x" * 1000}, id="payload-string-product"),
-    pytest.param("'{0.__class__.__init__.__globals__}'.format(data)", {}, id="format-method"),
-    pytest.param("str.format('{0.__class__}', data)", {}, id="str-format-via-type"),
-    pytest.param("data['body'].update({'x': 2}) or True", {"x": 1}, id="mutating-update"),
-    pytest.param("'%099999999d' % 1", {}, id="percent-width-100m"),
-    pytest.param("'%.99999999f' % 1.0", {}, id="percent-precision-100m"),
+    pytest.param("data['body']['s'] ** data['body']['s']", {"s": 10**5}, id="payload-pow"),
+    pytest.param("data['body']['s'] << 10**6", {"s": 1}, id="payload-left-shift"),
+    pytest.param("[data['body']['s']] * 10**8", {"s": 1}, id="payload-list-product"),
+    pytest.param("data['body']['s'].lower()", {"s": [1]}, id="str-method-on-a-list"),
     pytest.param("data['body']['n'] % 7 == 0", {"n": "%0199999999d"},
                  id="benign-modulo-attacker-format"),
 ]  # fmt: skip
