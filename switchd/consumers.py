@@ -158,6 +158,7 @@ class ConsumerPool:
     async def _disable(self, subscriber_id: str) -> None:
         reason = "endpoint answered 410 Gone"
         with contextlib.suppress(Exception):
-            await self.store.disable(subscriber_id, reason)
-            await self.registry.reload()
+            change = await self.store.disable(subscriber_id, reason)
+            if change is not None:
+                await self.registry.apply([change])
         log.warning("subscriber_disabled", subscriber_id=subscriber_id, reason=reason)

@@ -23,12 +23,17 @@ MAX_HEADER_VALUE = 8192
 MAX_DEPTH = 64  # orjson writes at most 255 levels; deliveries never need this many
 
 
-def load_json_object(raw: bytes) -> dict[str, Any]:
-    """A request body that must be one JSON object."""
+def load_json(raw: bytes) -> Any:
+    """A request body's JSON document."""
     try:
-        document = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}", "invalid_json") from exc
+
+
+def load_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object."""
+    document = load_json(raw)
     if not isinstance(document, dict):
         raise InvalidInput("body must be a JSON object", "invalid_json")
     return document
