@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ast
 from bisect import bisect_left, insort
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 Path = tuple[str | int, ...]
@@ -144,6 +144,17 @@ class TopicIndex:
                 if not by_value:
                     del self._by_path[path]
         self._count -= 1
+
+    def drain(self) -> Iterator[None]:
+        """Empty the index a group at a time, pausing (yielding) after each: freeing a
+        large index at once would hold the event loop."""
+        self._always = []
+        while self._by_path:
+            _, by_value = self._by_path.popitem()
+            while by_value:
+                by_value.popitem()
+                yield
+        self._count = 0
 
     def members(self) -> list[Filtered]:
         """Every filed subscriber, in order."""

@@ -28,9 +28,9 @@ BLANK = "\x01"  # never in a cached source: those are printable ASCII
 # Sources whose templates are shared: printable ASCII on one line (offsets are characters).
 PLAIN = re.compile(r"[\t\x20-\x7e]*")
 LITERAL = re.compile(
-    r"""(?<![\w.])(?:"[^"\\\n]*"|'[^'\\\n]*')"""  # a string without prefix or escapes
-    r"|(?<![\w.])(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?![\w.])"  # a decimal int or float
-    r"|(?<![\w.])(?:True|False|None)(?!\w)",
+    r"""(?<![\w.])("[^"\\\n]*"|'[^'\\\n]*')"""  # a string without prefix or escapes
+    r"|(?<![\w.])((?:0|[1-9][0-9]*)(?:\.[0-9]+)?)(?![\w.])"  # a decimal int or float
+    r"|(?<![\w.])(True|False|None)(?!\w)",
     re.ASCII,
 )
 KEYWORDS: dict[str, Any] = {"True": True, "False": False, "None": None}
@@ -67,7 +67,7 @@ def templated(body: ast.expr, source: str) -> tuple[Template, tuple[Any, ...]]:
         if key is not None:
             _remember(key, known)
     if key is not None and not known.literal:
-        known.literal = _same_literals(_literals(source), (key, spans, values))
+        known.literal = _plain_literals(source, key, spans, values)
     return known.template, _shared(known.template.reference, values)
 
 
@@ -76,7 +76,7 @@ def from_known_shape(source: str) -> tuple[Template, tuple[Any, ...]] | None:
     before (see the module's doc), without parsing; None otherwise."""
     if not PLAIN.fullmatch(source):
         return None
-    key, _, values = _literals(source)
+    key, values = _literals(source)
     known = _known.get(key)
     if known is None or not known.literal:
         return None
@@ -116,12 +116,14 @@ def _span(node: ast.AST) -> Span:
     return (node.lineno, node.col_offset, node.end_lineno or 0, node.end_col_offset or 0)
 
 
-def _same_literals(
-    a: tuple[str, list[Span], tuple[Any, ...]], b: tuple[str, list[Span], tuple[Any, ...]]
-) -> bool:
-    """Same blanked text, spans, and values of the same types."""
-    return a[:2] == b[:2] and all(
-        type(x) is type(y) and x == y for x, y in zip(a[2], b[2], strict=True)
+def _plain_literals(source: str, key: str, spans: list[Span], values: tuple[Any, ...]) -> bool:
+    """Whether the constants are exactly the source's plain literals (same blanked text,
+    spans, values and types): then from_known_shape may read them from the text."""
+    literal_key, literal_values = _literals(source)
+    return (
+        literal_key == key
+        and _literal_spans(source) == spans
+        and all(type(a) is type(b) and a == b for a, b in zip(literal_values, values, strict=True))
     )
 
 
@@ -143,34 +145,39 @@ def _blanked(source: str, spans: list[Span], values: tuple[Any, ...]) -> str:
     return "".join(parts)
 
 
-def _literals(source: str) -> tuple[str, list[Span], tuple[Any, ...]]:
-    """`source` with its plain literals blanked, their spans and their values."""
-    parts, spans, values, last = [], [], [], 0
-    for match in LITERAL.finditer(source):
-        text = match.group()
+def _literals(source: str) -> tuple[str, tuple[Any, ...]]:
+    """`source` with its plain literals blanked (with their kinds), and their values."""
+    pieces = LITERAL.split(source)  # text, then per literal: its 3 groups and the text after
+    key, values = [pieces[0]], []
+    for at in range(1, len(pieces), 4):
+        string, number, keyword, after = pieces[at : at + 4]
         value: Any
-        if text[0] in "\"'":
-            value = text[1:-1]
-        elif text in KEYWORDS:
-            value = KEYWORDS[text]
+        if string is not None:
+            value, kind = string[1:-1], "s"
+        elif number is not None:
+            value, kind = (float(number) if "." in number else int(number)), "n"
         else:
-            value = float(text) if "." in text else int(text)
-        parts += [source[last : match.start()], BLANK, _kind(value)]
-        spans.append((1, match.start(), 1, match.end()))
+            value, kind = KEYWORDS[keyword], "k"
         values.append(value)
-        last = match.end()
-    parts.append(source[last:])
-    return "".join(parts), spans, tuple(values)
+        key += [BLANK, kind, after]
+    return "".join(key), tuple(values)
+
+
+def _literal_spans(source: str) -> list[Span]:
+    return [(1, match.start(), 1, match.end()) for match in LITERAL.finditer(source)]
 
 
 def _shared(reference: tuple[Any, ...], values: tuple[Any, ...]) -> tuple[Any, ...]:
     """`values`, reusing the reference's equal objects (keys like "body" are then stored
     once), or the reference itself when all are equal."""
-    shared = tuple(
-        ref if type(ref) is type(value) and ref == value else value
-        for ref, value in zip(reference, values, strict=True)
-    )
-    return reference if all(a is b for a, b in zip(shared, reference, strict=True)) else shared
+    shared, same = [], True
+    for ref, value in zip(reference, values, strict=True):
+        if ref == value and type(ref) is type(value):
+            shared.append(ref)
+        else:
+            shared.append(value)
+            same = False
+    return reference if same else tuple(shared)
 
 
 def _remember(key: str, known: _Known) -> None:

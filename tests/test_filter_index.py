@@ -70,7 +70,8 @@ def test_index_matches_exactly_like_evaluating_every_filter(filters, payloads):
 
 def test_ten_thousand_customers_evaluate_one_candidate():
     subscribers = [
-        Sub(f"s{i:04}", compile_filter(f'data["body"]["customer"] == "c{i}"')) for i in range(10_000)
+        Sub(f"s{i:04}", compile_filter(f'data["body"]["customer"] == "c{i}"'))
+        for i in range(10_000)
     ]
     index = TopicIndex(subscribers)
     assert [s.name for s in index.candidates({"body": {"customer": "c42"}})] == ["s0042"]
