@@ -6,7 +6,9 @@ The throughput figures and the fixed-rate latency are measured in ROUNDS rounds,
 next to a limit of its own (the machine is shared and noisy): the table gives medians,
 and each ratio's (or latency's) median and range over the rounds.
 
-    make bench            # or: .venv/bin/python bench/run.py [--quick]
+    make bench            # or: .venv/bin/python bench/run.py [--quick] [--only SECTION]
+
+The "subscribers" section (bench/subscriber_scale.py) changes subscribers at scale.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ RESULTS = ROOT / "bench" / "results"
 SECRET = "bench-secret-bench-secret-bench-secret!"
 CONCURRENCY = 64
 WAIT_LIMIT_SECONDS = 300
+START_LIMIT_SECONDS = 60
+SECTIONS = ("throughput", "memory", "scale", "subscribers")
 MEMORY_PASSES = 5
 ROUNDS = 5  # throughput figures are medians of this many rounds, each with its own limit
 # Fixed-rate latency runs at half of each of these fan-out 1 maxima (see measure_round).
@@ -91,14 +95,16 @@ async def start(argv: list[str], env: dict[str, str], health: str) -> Process:
         *argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_LIMIT_SECONDS
     async with aiohttp.ClientSession() as client:
-        for _ in range(300):
+        while time.monotonic() < deadline:
             try:
                 async with client.get(url + health) as response:
                     if response.status == 200:
                         return Process(popen, url)
             except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
+                pass
+            await asyncio.sleep(0.02)
     popen.kill()
     raise RuntimeError(f"{argv[0]} did not start")
 
@@ -111,7 +117,7 @@ async def start_sink() -> Process:
     )
 
 
-async def start_switchd(db: Path, **env: str) -> Process:
+async def start_switchd(db: Path, health: str = "/healthz", **env: str) -> Process:
     settings = {
         "SWITCH_JWT_SECRET": SECRET,
         "SWITCH_DB_NAME": str(db),
@@ -120,7 +126,7 @@ async def start_switchd(db: Path, **env: str) -> Process:
         "SWITCH_CONSUMER_CONCURRENCY_LEVEL": str(CONCURRENCY),  # the limit's concurrency
         **env,
     }
-    return await start([sys.executable, "-m", "switchd", "serve"], settings, "/healthz")
+    return await start([sys.executable, "-m", "switchd", "serve"], settings, health)
 
 
 async def sink_count(client: aiohttp.ClientSession, sink: Process) -> int:
@@ -430,7 +436,7 @@ def medians(figures: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(f[key] for f in figures) for key in figures[0]}
 
 
-async def main_async(quick: bool) -> dict[str, Any]:
+async def main_async(quick: bool, sections: tuple[str, ...]) -> dict[str, Any]:
     scale = 0.2 if quick else 1.0
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
@@ -439,25 +445,60 @@ async def main_async(quick: bool) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="switchd-bench-") as tmp:
             workdir = Path(tmp)
-            rounds = [
-                await measure_round(sink, scale, workdir / f"round{i}") for i in range(ROUNDS)
-            ]
-            results["rounds"] = rounds
-            for name in ("limit", "delivery_client", "fanout1", "fanout10", *FIXED_RATES):
-                results[name] = medians([r[name] for r in rounds])
-            results["memory"] = await measure_memory(sink, int(100_000 * scale), workdir)
-            results["scale"] = [
-                await measure_scale(sink, n, int(200 * scale) or 20, workdir)
-                for n in (1, 100, 1000, 10_000)
-            ]
+            if "throughput" in sections:
+                rounds = [
+                    await measure_round(sink, scale, workdir / f"round{i}") for i in range(ROUNDS)
+                ]
+                results["rounds"] = rounds
+                for name in ("limit", "delivery_client", "fanout1", "fanout10", *FIXED_RATES):
+                    results[name] = medians([r[name] for r in rounds])
+            if "memory" in sections:
+                results["memory"] = await measure_memory(sink, int(100_000 * scale), workdir)
+            if "scale" in sections:
+                results["scale"] = [
+                    await measure_scale(sink, n, int(200 * scale) or 20, workdir)
+                    for n in (1, 100, 1000, 10_000)
+                ]
+            if "subscribers" in sections:  # last: it tunes this process's loop like serve's
+                from subscriber_scale import measure_subscribers
+
+                results["subscribers"] = await measure_subscribers(workdir / "subs", quick)
     finally:
         await sink.stop()
     return results
 
 
 def report(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The table's rows (figure, value, ratio or target) of the sections that ran."""
+    rows = throughput_rows(results) if "rounds" in results else []
+    if "memory" in results:
+        memory = results["memory"]
+        rows.append(
+            (
+                f"RSS after each of {MEMORY_PASSES} passes of {memory['deliveries_each']:,} "
+                "deliveries",
+                " → ".join(f"{mb:.0f}" for mb in memory["rss_after_each_pass_mb"]) + " MB",
+                "",
+            )
+        )
+    rows += [
+        (
+            f"publish p50, {s['subscribers']:,} filtered subscribers",
+            f"{s['publish_p50_ms']:.2f} ms",
+            "",
+        )
+        for s in results.get("scale", ())
+    ]
+    if "subscribers" in results:
+        from subscriber_scale import report as subscriber_rows
+
+        rows += subscriber_rows(results["subscribers"])
+    return rows
+
+
+def throughput_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     limit = results["limit"]["requests_per_s"]  # the median limit
-    f1, f10, memory = results["fanout1"], results["fanout10"], results["memory"]
+    f1, f10 = results["fanout1"], results["fanout10"]
 
     def ratio(name: str, key: str) -> str:
         """Median over the rounds of the figure over that round's limit, and its range."""
@@ -469,7 +510,7 @@ def report(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         each = [r[name][key] for r in results["rounds"]]
         return f"{min(each):.1f}–{max(each):.1f}"
 
-    rows = [
+    return [
         (
             f"limit: aiohttp client → sink (median of {ROUNDS} rounds, each the mean of 2)",
             f"{limit:,.0f} req/s",
@@ -522,21 +563,7 @@ def report(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             )
             for name, key in FIXED_RATES.items()
         ),
-        (
-            f"RSS after each of {MEMORY_PASSES} passes of {memory['deliveries_each']:,} deliveries",
-            " → ".join(f"{mb:.0f}" for mb in memory["rss_after_each_pass_mb"]) + " MB",
-            "",
-        ),
     ]
-    rows += [
-        (
-            f"publish p50, {s['subscribers']:,} filtered subscribers",
-            f"{s['publish_p50_ms']:.2f} ms",
-            "",
-        )
-        for s in results["scale"]
-    ]
-    return rows
 
 
 def main() -> None:
@@ -544,12 +571,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="a fifth of the work, for a smoke run")
+    parser.add_argument(
+        "--only", choices=SECTIONS, action="append", help="run this section only (repeatable)"
+    )
     args = parser.parse_args()
-    results = asyncio.run(main_async(args.quick))
+    results = asyncio.run(main_async(args.quick, tuple(args.only or SECTIONS)))
     rows = report(results)
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
-    print(f"{'figure'.ljust(width)}  {'value'.ljust(value_width)}  ratio")
+    print(f"{'figure'.ljust(width)}  {'value'.ljust(value_width)}  ratio / target")
     for name, value, ratio in rows:
         print(f"{name.ljust(width)}  {value.ljust(value_width)}  {ratio}")
     RESULTS.mkdir(parents=True, exist_ok=True)
