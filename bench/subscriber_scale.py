@@ -212,26 +212,26 @@ async def measure_lag(db: Path, sizes: Sizes) -> dict[str, float]:
         by_others = await _lagged(lambda: _update_elsewhere(db, ids[:CHANGES], registry))
         by_api = await _lagged(lambda: _patch_elsewhere(url, ids[CHANGES:], registry))
         refresh = await _lagged(registry.reload)
-        return {
-            "changes_by_another_process_max_ms": by_others,
-            "changes_by_api_max_ms": by_api,
-            "full_reload_max_ms": refresh,
-        }
+        return {"by_another_process": by_others, "by_api": by_api, "full_reload": refresh}
     finally:
         await runner.cleanup()
         await service.stop()
 
 
-async def _lagged(work: Any) -> float:
-    """Run `work()` while a task sleeps 1 ms again and again; the largest overshoot (ms)."""
+async def _lagged(work: Any) -> dict[str, float]:
+    """Run `work()` while a task sleeps 1 ms again and again: the largest overshoot (ms),
+    and the most CPU time this thread spent between two of its wake-ups (ms): what
+    switchd held the loop for, without the waits for a CPU a busy machine adds."""
     lags: list[float] = []
+    held: list[float] = []
     done = asyncio.Event()
 
     async def probe() -> None:
         while not done.is_set():
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             await asyncio.sleep(0.001)
             lags.append(time.perf_counter() - started - 0.001)
+            held.append(time.thread_time() - cpu)
 
     task = asyncio.create_task(probe())
     try:
@@ -239,7 +239,7 @@ async def _lagged(work: Any) -> float:
     finally:
         done.set()
         await task
-    return max(lags) * 1000
+    return {"lag_max_ms": max(lags) * 1000, "held_max_ms": max(held) * 1000}
 
 
 async def _update_elsewhere(db: Path, ids: list[str], registry: Any) -> None:
@@ -313,12 +313,12 @@ def report(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
             "p99 ≤ 10 ms",
         ),
         (
-            f"loop lag max, {CHANGES:,} changes by another process / by the API, at {n:,}",
-            f"{lag['changes_by_another_process_max_ms']:.1f} / "
-            f"{lag['changes_by_api_max_ms']:.1f} ms",
+            f"loop lag max (CPU held), {CHANGES:,} changes by another process / by the API, "
+            f"at {n:,}",
+            f"{_lag(lag['by_another_process'])} / {_lag(lag['by_api'])}",
             "≤ 20 ms",
         ),
-        (f"loop lag max during a full reload at {n:,}", f"{lag['full_reload_max_ms']:.1f} ms", ""),
+        (f"loop lag max (CPU held) during a full reload at {n:,}", _lag(lag["full_reload"]), ""),
         (
             f"publish p50, {n:,} filtered subscribers on one topic (one matches)",
             f"{loaded['publish_p50_ms']:.2f} ms",
@@ -333,6 +333,10 @@ def report(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
         ),
         ("RSS per subscriber", f"{per_subscriber:,.0f} bytes", ""),
     ]
+
+
+def _lag(figures: dict[str, float]) -> str:
+    return f"{figures['lag_max_ms']:.1f} ({figures['held_max_ms']:.1f}) ms"
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["patch"]:
