@@ -13,7 +13,8 @@ from switchd.event_log import EventLog
 from switchd.metrics import Metrics
 from switchd.models import Job
 from switchd.queue.base import Disposition, JobQueue
-from switchd.subscribers import Registry, SubscriberStore
+from switchd.registry import Registry
+from switchd.subscribers import SubscriberStore
 
 log = structlog.get_logger("switchd.consumers")
 SETTLE_RETRY_SECONDS = 1.0

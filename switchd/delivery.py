@@ -27,7 +27,8 @@ from switchd.http_client import HttpClient
 from switchd.metrics import Metrics
 from switchd.models import Job
 from switchd.payload import CONTROL_CHARS, HEADER_NAME, HTTP_METHODS, scalar_text
-from switchd.subscribers import SECRET_PREFIX, Registry
+from switchd.registry import Registry
+from switchd.subscribers import SECRET_PREFIX
 
 log = structlog.get_logger("switchd.delivery")
 

@@ -26,7 +26,8 @@ from switchd.queue.base import JobQueue
 from switchd.queue.faktory import FaktoryQueue
 from switchd.queue.fallback import FallbackQueue
 from switchd.queue.local import LocalQueue
-from switchd.subscribers import Registry, SubscriberStore
+from switchd.registry import Registry
+from switchd.subscribers import SubscriberStore
 
 log = structlog.get_logger("switchd.service")
 CHANGES_POLL_SECONDS = 1.0  # other writers' subscriber changes are applied this often

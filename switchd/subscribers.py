@@ -1,11 +1,9 @@
-"""Subscribers: validation, storage, and the in-memory registry used at publish time.
+"""Subscribers: validation, and storage with a change log.
 
-The registry changes one subscriber at a time. Every store write reports the `Change` it
-made (the row as it stands at a version of the change log, or its removal); the registry
-applies this process's changes at once and polls the log for other writers' (the CLI,
-another `switchd serve`), reading only what changed since the version it applied. A full
-reload (start-up, GET /refresh, a log pruned past that version) reads rows in pages and
-builds a new index a slice at a time, so the event loop is never held for long.
+Every store write reports the `Change` it made: the row as it stands at a version of the
+change log (or its removal). Triggers record every writer's changes in that log, the
+CLI's and other processes' too, so a reader can ask for what changed since a version
+(see registry.py, which keeps the in-memory registry up to date from these changes).
 """
 
 from __future__ import annotations
@@ -15,10 +13,9 @@ import base64
 import binascii
 import secrets
 import sqlite3
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,8 +24,7 @@ import structlog
 
 from switchd.db import Database, execute_rows
 from switchd.errors import InvalidInput
-from switchd.filter_index import TopicIndex
-from switchd.filters import CompiledFilter, FilterError, compile_filter, never_matching
+from switchd.filters import CompiledFilter, FilterError, compile_filter
 from switchd.payload import CONTROL_CHARS, validate_topic
 
 log = structlog.get_logger("switchd.subscribers")
@@ -51,9 +47,7 @@ COLUMN_NAMES = (
 COLUMNS = ", ".join(COLUMN_NAMES)
 EDITABLE = ("topic", "target_url", "filter_expression", "enabled", "secret", "description")
 MAX_IMPORT_ENTRIES = 10_000  # per POST /subscribers/import
-PAGE_ROWS = 500  # rows per read of a full reload or a catch-up (each read holds the GIL)
-SLICE_SECONDS = 0.001  # the longest the registry holds the event loop between yields
-TOMBSTONE_SECONDS = 10.0  # a removed id is remembered this long (see _State.apply)
+SLICE_SECONDS = 0.001  # the longest a long task (a reload, an import) holds the event loop
 Identity = tuple[str, str, str]  # topic, target_url, filter_expression
 
 
@@ -193,7 +187,7 @@ async def validate_import(entries: list[Any]) -> list[dict[str, Any]]:
     """Every entry of an import validated (validate_import_entry), giving the event loop
     a turn now and then: 10,000 filters take a while to compile."""
     clean = []
-    slicer = _Slicer()
+    slicer = Slicer()
     for index, entry in enumerate(entries):
         clean.append(validate_import_entry(index, entry))
         await slicer.tick()
@@ -232,15 +226,10 @@ class SubscriberStore:
 
     async def create_many(self, items: list[dict[str, Any]]) -> list[Change]:
         """Insert validated subscribers in one transaction (all or none)."""
-        defaults = {"filter_expression": "True", "enabled": True, "description": ""}
+        times = self._creation_times(len(items))
         rows = [
-            {
-                name: {"id": str(uuid.uuid4()), "created_at": now, "updated_at": now}.get(
-                    name, fields.get(name, defaults.get(name))
-                )
-                for name in COLUMN_NAMES
-            }
-            for fields, now in zip(items, self._creation_times(len(items)), strict=True)
+            _row({**NEW_ROW, **fields, "id": str(uuid.uuid4()), "created_at": t, "updated_at": t})
+            for fields, t in zip(items, times, strict=True)
         ]
         if not rows:
             return []
@@ -332,7 +321,7 @@ class SubscriberStore:
             Change(
                 row["change_version"],
                 row["change_id"],
-                None if row["id"] is None else {name: row[name] for name in COLUMN_NAMES},
+                None if row["id"] is None else _row(dict(row)),
             )
             for row in rows
         ]
@@ -358,6 +347,18 @@ class SubscriberStore:
 
 
 LAST_VERSION = "SELECT seq FROM sqlite_sequence WHERE name = 'subscriber_changes'"
+NEW_ROW = {
+    "filter_expression": "True",
+    "enabled": True,
+    "disabled_reason": None,
+    "secret": None,
+    "description": "",
+}
+
+
+def _row(fields: dict[str, Any]) -> dict[str, Any]:
+    """The columns of a subscriber row, in order."""
+    return {name: fields[name] for name in COLUMN_NAMES}
 
 
 def _last_version(conn: sqlite3.Connection) -> int:
@@ -365,215 +366,9 @@ def _last_version(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-class Registry:
-    """The subscribers in memory, by id and by topic, kept up to date change by change."""
-
-    def __init__(self, store: SubscriberStore, on_filter_error: Callable[[], None] | None = None):
-        self.store = store
-        self.on_filter_error = on_filter_error
-        self.version = 0  # every change of the log up to this version is applied
-        self.full_reloads = 0
-        self._state = _State()
-        self._journal: list[Change] | None = None  # changes applied while a reload runs
-        self._lock = asyncio.Lock()  # one reader of the store at a time
-
-    @property
-    def by_id(self) -> dict[str, Subscriber]:
-        """Every subscriber, enabled or not."""
-        return self._state.by_id
-
-    @property
-    def by_topic(self) -> dict[str, TopicIndex]:
-        """The enabled subscribers of each topic that has some."""
-        return self._state.by_topic
-
-    async def reload(self) -> int:
-        """Read every row again (start-up, GET /refresh), then apply what changed
-        meanwhile; return the number of subscribers."""
-        async with self._lock:
-            await self._rebuild()
-            await self._catch_up()
-        return len(self.by_id)
-
-    async def catch_up(self) -> int:
-        """Apply what every writer changed since the version applied (a full reload when
-        the change log no longer goes back that far); return how many changes."""
-        async with self._lock:
-            return await self._catch_up()
-
-    async def apply(self, changes: Iterable[Change]) -> None:
-        """Apply changes as a store reported them (this process's writes, or changes
-        pushed by another node); a change older than what is held is ignored."""
-        changes = list(changes)
-        if self._journal is not None:
-            self._journal.extend(changes)
-        await self._apply(changes)
-
-    def matching(self, topic: str, payload: dict[str, Any]) -> list[Subscriber]:
-        """Enabled subscribers of `topic` whose filter accepts `payload`."""
-        index = self.by_topic.get(topic)
-        return index.matching(payload) if index is not None else []  # type: ignore[return-value]
-
-    def topic_label(self, topic: str) -> str:
-        """`topic` if some enabled subscriber listens to it, else "other" (bounded labels)."""
-        return topic if topic in self.by_topic else "other"
-
-    def get(self, subscriber_id: str | None) -> Subscriber | None:
-        """A subscriber by id, or None."""
-        return self.by_id.get(subscriber_id) if subscriber_id else None
-
-    async def identical(self, wanted: set[Identity]) -> dict[Identity, str]:
-        """Which of `wanted` some subscriber has, each with the oldest such one's id."""
-        found: dict[Identity, Subscriber] = {}
-        slicer = _Slicer()
-        for subscriber in list(self.by_id.values()):
-            key = (subscriber.topic, subscriber.target_url, subscriber.filter_expression)
-            if key in wanted and (key not in found or subscriber.order < found[key].order):
-                found[key] = subscriber
-            await slicer.tick()
-        return {key: subscriber.id for key, subscriber in found.items()}
-
-    async def _apply(
-        self, changes: list[Change], reuse: dict[str, Subscriber] | None = None
-    ) -> None:
-        slicer = _Slicer()
-        for change in {change.id: change for change in changes}.values():
-            self._state.apply(change, self._subscriber, reuse)
-            await slicer.tick()
-
-    async def _catch_up(self) -> int:
-        applied = 0
-        while True:
-            changes = await self.store.changes_since(self.version, PAGE_ROWS)
-            if changes is None:
-                log.warning("subscriber_changes_pruned", version=self.version)
-                await self._rebuild()
-                continue
-            await self._apply(changes)
-            if changes:
-                self.version = changes[-1].version
-            applied += len(changes)
-            if len(changes) < PAGE_ROWS:
-                self._state.forget_removed(self.version)
-                return applied
-
-    async def _rebuild(self) -> None:
-        """Build a new state from every row, then swap it in."""
-        version = await self.store.version()
-        old, self._journal = self._state, []
-        fresh = _State(removed=dict(old.removed))
-        try:
-            slicer = _Slicer()
-            after = None
-            while True:
-                rows = await self.store.page(after, PAGE_ROWS)
-                for row in rows:
-                    fresh.apply(Change(version, row["id"], row), self._subscriber, old.by_id)
-                    await slicer.tick()
-                if len(rows) < PAGE_ROWS:
-                    break
-                after = (rows[-1]["created_at"], rows[-1]["id"])
-            for change in self._journal:
-                fresh.apply(change, self._subscriber, old.by_id)
-        finally:
-            self._journal = None
-        self._state, self.version = fresh, version
-        self.full_reloads += 1
-        await old.release()
-
-    def _subscriber(
-        self, row: dict[str, Any], version: int, previous: Subscriber | None
-    ) -> Subscriber:
-        """The subscriber of a row; `previous` itself when the row is unchanged (a full
-        reload then allocates almost nothing: no garbage collection pauses)."""
-        if previous is not None and _unchanged(previous, row):
-            return previous
-        source = row["filter_expression"]
-        if previous is not None and previous.filter_expression == source:
-            compiled = previous.compiled
-        else:
-            try:
-                compiled = compile_filter(source)
-            except FilterError as exc:
-                log.error("filter_invalid", subscriber_id=row["id"], error=str(exc))
-                compiled = never_matching(source)
-            compiled.on_error = self.on_filter_error
-        return Subscriber(
-            **{**row, "topic": sys.intern(row["topic"]), "enabled": bool(row["enabled"])},
-            compiled=compiled,
-            version=version,
-        )
-
-
-def _unchanged(subscriber: Subscriber, row: dict[str, Any]) -> bool:
-    return all(getattr(subscriber, name) == row[name] for name in COLUMN_NAMES)
-
-
-class _State:
-    """What the registry holds: subscribers by id and by topic, and recent removals."""
-
-    def __init__(self, removed: dict[str, tuple[int, float]] | None = None) -> None:
-        self.by_id: dict[str, Subscriber] = {}
-        self.by_topic: dict[str, TopicIndex] = {}
-        # id -> (version, time.monotonic()) of its removal, oldest first: a change applied
-        # late (its commit raced a later one's) must not bring a removed subscriber back.
-        self.removed = removed if removed is not None else {}
-
-    def apply(
-        self,
-        change: Change,
-        make: Callable[[dict[str, Any], int, Subscriber | None], Subscriber],
-        reuse: Mapping[str, Subscriber] | None = None,
-    ) -> None:
-        """Apply one change unless what is held is as new or newer."""
-        current = self.by_id.get(change.id)
-        held = current.version if current else self.removed.get(change.id, (-1, 0.0))[0]
-        if change.version <= held:
-            return
-        if current is not None and current.enabled:
-            self._unfile(current)
-        if change.row is None:
-            self.by_id.pop(change.id, None)
-            self.removed.pop(change.id, None)
-            self.removed[change.id] = (change.version, time.monotonic())
-            return
-        previous = current or (reuse.get(change.id) if reuse is not None else None)
-        subscriber = make(change.row, change.version, previous)
-        self.by_id[change.id] = subscriber
-        self.removed.pop(change.id, None)
-        if subscriber.enabled:
-            self.by_topic.setdefault(subscriber.topic, TopicIndex()).add(subscriber)
-
-    def _unfile(self, subscriber: Subscriber) -> None:
-        index = self.by_topic[subscriber.topic]
-        index.remove(subscriber)
-        if not index:
-            del self.by_topic[subscriber.topic]
-
-    def forget_removed(self, version: int) -> None:
-        """Drop removals the change log has been read past, once they are old enough."""
-        deadline = time.monotonic() - TOMBSTONE_SECONDS
-        while self.removed:
-            subscriber_id, (removed_at, when) = next(iter(self.removed.items()))
-            if removed_at > version or when > deadline:
-                return
-            del self.removed[subscriber_id]
-
-    async def release(self) -> None:
-        """Let go of everything a slice at a time: freeing 100,000 subscribers at once
-        would hold the event loop for tens of milliseconds."""
-        slicer = _Slicer()
-        for index in self.by_topic.values():
-            for _ in index.drain():
-                await slicer.tick()
-        self.by_topic.clear()
-        while self.by_id:
-            self.by_id.popitem()
-            await slicer.tick()
-
-
-class _Slicer:
-    """Gives the event loop a turn each time SLICE_SECONDS of work have passed."""
+class Slicer:
+    """Gives the event loop a turn each time SLICE_SECONDS of work have passed: call
+    `await tick()` after each small step of a long task."""
 
     def __init__(self) -> None:
         self._until = time.perf_counter() + SLICE_SECONDS

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from switchd.db import Database
-from switchd.subscribers import Change, Registry, SubscriberStore, validate_fields
+from switchd.registry import Registry
+from switchd.subscribers import Change, SubscriberStore, validate_fields
 from tests.conftest import Sink, StartSwitchd
 from tests.test_cli import cli
 

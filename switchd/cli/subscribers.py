@@ -22,8 +22,8 @@ from switchd.cli.common import (
 )
 from switchd.db import Database
 from switchd.errors import ApiError
+from switchd.registry import Registry
 from switchd.subscribers import (
-    Registry,
     SubscriberStore,
     identity,
     validate_fields,
