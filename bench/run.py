@@ -462,7 +462,8 @@ async def main_async(quick: bool, sections: tuple[str, ...]) -> dict[str, Any]:
             if "subscribers" in sections:  # last: it tunes this process's loop like serve's
                 from subscriber_scale import measure_subscribers
 
-                results["subscribers"] = await measure_subscribers(workdir / "subs", quick)
+                figures = await measure_subscribers(sink, workdir / "subs", quick)
+                results["subscribers"] = figures
     finally:
         await sink.stop()
     return results

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from run import (  # noqa: E402 - bench/run.py is the harness this section belongs to
     SECRET,
+    Process,
     Publisher,
     percentile,
     run_bounded,
@@ -54,48 +55,48 @@ class Sizes:
         return cls(10_000, 2_000, 2_000) if quick else cls(100_000, 10_000, 10_000)
 
 
-def customers(count: int, first: int = 0) -> list[dict[str, Any]]:
+def customers(sink: Process, count: int, first: int = 0) -> list[dict[str, Any]]:
     return [
         {
             "topic": "scale",
-            "target_url": f"http://127.0.0.1:9/c{i}",
+            "target_url": f"{sink.url}/c{i}",
             "filter_expression": f'data["body"]["customer"] == "c{i}"',
         }
         for i in range(first, first + count)
     ]
 
 
-async def import_subscribers(db: Path, count: int) -> None:
+async def import_subscribers(sink: Process, db: Path, count: int) -> None:
     """N subscribers written by `switchd subscribers import` (another process)."""
     importer = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "switchd", "subscribers", "import", "-", "--db", str(db),
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    await importer.communicate(orjson.dumps(customers(count)))
+    await importer.communicate(orjson.dumps(customers(sink, count)))
     if importer.returncode != 0:
         raise RuntimeError("subscribers import failed")
 
 
-async def measure_subscribers(workdir: Path, quick: bool) -> dict[str, Any]:
-    """Every figure of the section."""
+async def measure_subscribers(sink: Process, workdir: Path, quick: bool) -> dict[str, Any]:
+    """Every figure of the section (the subscribers' URLs are the sink's)."""
     sizes = Sizes.of(quick)
     await asyncio.to_thread(workdir.mkdir, exist_ok=True)
     figures: dict[str, Any] = {"sizes": sizes.__dict__}
-    figures["creates"] = await measure_creates(workdir / "creates.db", sizes)
+    figures["creates"] = await measure_creates(sink, workdir / "creates.db", sizes)
     db = workdir / "big.db"
-    await import_subscribers(db, sizes.subscribers)
+    await import_subscribers(sink, db, sizes.subscribers)
     figures["empty_rss_mb"] = await measure_empty_rss(workdir / "empty.db")
-    figures["loaded"] = await measure_loaded(db, sizes)
+    figures["loaded"] = await measure_loaded(sink, db, sizes)
     figures["lag"] = await measure_lag(db, sizes)
     return figures
 
 
-async def measure_creates(db: Path, sizes: Sizes) -> dict[str, float]:
+async def measure_creates(sink: Process, db: Path, sizes: Sizes) -> dict[str, float]:
     """`creates` POST /subscribers, CONCURRENT_WRITERS at a time, onto `existing`."""
-    await import_subscribers(db, sizes.existing)
+    await import_subscribers(sink, db, sizes.existing)
     app = await start_switchd(db)
     headers = {"Authorization": "Bearer " + token(admin=True)}
-    bodies = [orjson.dumps(c) for c in customers(sizes.creates, first=sizes.existing)]
+    bodies = [orjson.dumps(c) for c in customers(sink, sizes.creates, first=sizes.existing)]
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
 
@@ -136,7 +137,7 @@ async def measure_empty_rss(db: Path) -> float:
         await app.stop()
 
 
-async def measure_loaded(db: Path, sizes: Sizes) -> dict[str, float]:
+async def measure_loaded(sink: Process, db: Path, sizes: Sizes) -> dict[str, float]:
     """`switchd serve` on N subscribers: start-up until /readyz answers 200, RSS, publish
     latency (one of the N matches each event), one create's and one update's latency."""
     started = time.perf_counter()
@@ -152,7 +153,7 @@ async def measure_loaded(db: Path, sizes: Sizes) -> dict[str, float]:
 
             publishes = await run_bounded(LATENCY_SAMPLES, 1, publish)
         headers = {"Authorization": "Bearer " + token(admin=True)}
-        new = [orjson.dumps(c) for c in customers(LATENCY_SAMPLES, first=sizes.subscribers)]
+        new = [orjson.dumps(c) for c in customers(sink, LATENCY_SAMPLES, sizes.subscribers)]
         async with aiohttp.ClientSession() as client:
             creates = [
                 await _send(client, "POST", app.url + "/subscribers", body, headers) for body in new
