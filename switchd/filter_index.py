@@ -111,7 +111,9 @@ class TopicIndex:
 
     def __init__(self, subscribers: Iterable[Filtered] = ()) -> None:
         self._always: list[Filtered] = []  # evaluated for every payload
-        self._by_path: dict[Path, dict[Hashable, list[Filtered]]] = {}
+        # A value's group: the one subscriber filed under it, or a list of several in order
+        # (one list per value would be 100,000 more objects for the garbage collector).
+        self._by_path: dict[Path, dict[Hashable, Filtered | list[Filtered]]] = {}
         self._count = 0
         for subscriber in subscribers:
             self.add(subscriber)
@@ -122,13 +124,17 @@ class TopicIndex:
     def add(self, subscriber: Filtered) -> None:
         """File a subscriber (not already filed)."""
         required = required_equality(subscriber.compiled)
-        if required is None:
-            filed = self._always
-        else:
-            path, value = required
-            filed = self._by_path.setdefault(path, {}).setdefault(value, [])
-        insort(filed, subscriber, key=_order)
         self._count += 1
+        if required is None:
+            insort(self._always, subscriber, key=_order)
+            return
+        path, value = required
+        by_value = self._by_path.setdefault(path, {})
+        group = by_value.setdefault(value, subscriber)
+        if isinstance(group, list):
+            insort(group, subscriber, key=_order)
+        elif group is not subscriber:
+            by_value[value] = sorted((group, subscriber), key=_order)
 
     def remove(self, subscriber: Filtered) -> None:
         """Unfile a subscriber that `add` filed (the same object)."""
@@ -138,11 +144,17 @@ class TopicIndex:
         else:
             path, value = required
             by_value = self._by_path[path]
-            _delete(by_value[value], subscriber)
-            if not by_value[value]:
+            group = by_value[value]
+            if isinstance(group, list):
+                _delete(group, subscriber)
+                if len(group) == 1:
+                    by_value[value] = group[0]
+            elif group is subscriber:
                 del by_value[value]
                 if not by_value:
                     del self._by_path[path]
+            else:
+                raise ValueError("subscriber is not filed here")
         self._count -= 1
 
     def drain(self) -> Iterator[None]:
@@ -158,16 +170,16 @@ class TopicIndex:
 
     def members(self) -> list[Filtered]:
         """Every filed subscriber, in order."""
-        filed = [
-            s for by_value in self._by_path.values() for group in by_value.values() for s in group
+        groups = [
+            _listed(group) for by_value in self._by_path.values() for group in by_value.values()
         ]
-        return sorted([*self._always, *filed], key=_order)
+        return sorted([*self._always, *(s for group in groups for s in group)], key=_order)
 
-    def candidates(self, data: dict[str, Any]) -> list[Filtered]:
+    def candidates(self, data: dict[str, Any]) -> Sequence[Filtered]:
         """Subscribers whose filter may accept `data`, in order."""
         if not self._by_path:
             return self._always
-        groups: list[list[Filtered]] = []
+        groups: list[Sequence[Filtered]] = []
         for path, by_value in self._by_path.items():
             actual = _lookup(data, path)
             if actual is _MISSING or not isinstance(actual, Hashable):
@@ -176,8 +188,8 @@ class TopicIndex:
                 group = by_value.get(actual)
             except TypeError:  # a hashable-looking value that cannot be hashed
                 continue
-            if group:
-                groups.append(group)
+            if group is not None:
+                groups.append(_listed(group))
         return _merged(self._always, groups)
 
     def matching(self, data: dict[str, Any]) -> list[Filtered]:
@@ -192,7 +204,11 @@ def _delete(filed: list[Filtered], subscriber: Filtered) -> None:
     del filed[position]
 
 
-def _merged(always: list[Filtered], groups: list[list[Filtered]]) -> list[Filtered]:
+def _listed(group: Filtered | list[Filtered]) -> Sequence[Filtered]:
+    return group if isinstance(group, list) else (group,)
+
+
+def _merged(always: list[Filtered], groups: list[Sequence[Filtered]]) -> Sequence[Filtered]:
     """The always-evaluated subscribers and the groups found, in order."""
     if not groups:
         return always
