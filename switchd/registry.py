@@ -76,7 +76,8 @@ class Registry:
 
     async def catch_up(self) -> int:
         """Apply what every writer changed since the version applied (a full reload when
-        the change log no longer goes back that far); return how many changes."""
+        the change log no longer goes back that far); return how many changes were new
+        (this process's own were applied when they committed)."""
         async with self._lock:
             return await self._catch_up()
 
@@ -112,13 +113,14 @@ class Registry:
             await slicer.tick()
         return {key: subscriber.id for key, subscriber in found.items()}
 
-    async def _apply(
-        self, changes: list[Change], reuse: dict[str, Subscriber] | None = None
-    ) -> None:
+    async def _apply(self, changes: list[Change]) -> int:
+        """Apply changes a slice at a time; how many were newer than what was held."""
+        applied = 0
         slicer = Slicer()
         for change in {change.id: change for change in changes}.values():
-            self._state.apply(change, self._subscriber, reuse)
+            applied += self._state.apply(change, self._subscriber)
             await slicer.tick()
+        return applied
 
     async def _catch_up(self) -> int:
         applied = 0
@@ -128,10 +130,9 @@ class Registry:
                 log.warning("subscriber_changes_pruned", version=self.version)
                 await self._rebuild()
                 continue
-            await self._apply(changes)
+            applied += await self._apply(changes)
             if changes:
                 self.version = changes[-1].version
-            applied += len(changes)
             if len(changes) < PAGE_ROWS:
                 self._state.forget_removed(self.version)
                 return applied
@@ -203,25 +204,26 @@ class _State:
         change: Change,
         make: Callable[[dict[str, Any], int, Subscriber | None], Subscriber],
         reuse: Mapping[str, Subscriber] | None = None,
-    ) -> None:
-        """Apply one change unless what is held is as new or newer."""
+    ) -> bool:
+        """Apply one change unless what is held is as new or newer; whether it did."""
         current = self.by_id.get(change.id)
         held = current.version if current else self.removed.get(change.id, (-1, 0.0))[0]
         if change.version <= held:
-            return
+            return False
         if current is not None and current.enabled:
             self._unfile(current)
         if change.row is None:
             self.by_id.pop(change.id, None)
             self.removed.pop(change.id, None)
             self.removed[change.id] = (change.version, time.monotonic())
-            return
+            return True
         previous = current or (reuse.get(change.id) if reuse is not None else None)
         subscriber = make(change.row, change.version, previous)
         self.by_id[change.id] = subscriber
         self.removed.pop(change.id, None)
         if subscriber.enabled:
             self.by_topic.setdefault(subscriber.topic, TopicIndex()).add(subscriber)
+        return True
 
     def _unfile(self, subscriber: Subscriber) -> None:
         index = self.by_topic[subscriber.topic]
