@@ -322,6 +322,54 @@ def test_short_secret_is_accepted() -> None:
     assert load_settings({"SWITCH_JWT_SECRET": "short"}).jwt_secret == "short"
 
 
+# --- admin and previous secrets -----------------------------------------------------------
+
+ADMIN = "a" * 40
+
+
+def test_admin_and_previous_secrets_are_optional_and_read() -> None:
+    settings = load_settings({"SWITCH_JWT_SECRET": SECRET})
+    assert settings.admin_jwt_secret is None
+    assert settings.jwt_secret_previous is settings.admin_jwt_secret_previous is None
+    settings = load_settings(
+        env(
+            SWITCH_ADMIN_JWT_SECRET=f" {ADMIN} ",
+            SWITCH_JWT_SECRET_PREVIOUS="old-publishers",
+            SWITCH_ADMIN_JWT_SECRET_PREVIOUS="old-admins",
+        )
+    )
+    assert settings.admin_jwt_secret == ADMIN  # stripped, like SWITCH_JWT_SECRET
+    assert settings.jwt_secret_previous == "old-publishers"
+    assert settings.admin_jwt_secret_previous == "old-admins"
+    assert load_settings(env(SWITCH_ADMIN_JWT_SECRET="")).admin_jwt_secret is None
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"SWITCH_ADMIN_JWT_SECRET": SECRET}, ("SWITCH_ADMIN_JWT_SECRET", "SWITCH_JWT_SECRET")),
+        ({"SWITCH_ADMIN_JWT_SECRET": f"  {SECRET} "}, ("SWITCH_ADMIN_JWT_SECRET",)),
+        (
+            {"SWITCH_ADMIN_JWT_SECRET": ADMIN, "SWITCH_JWT_SECRET_PREVIOUS": ADMIN},
+            ("SWITCH_ADMIN_JWT_SECRET", "SWITCH_JWT_SECRET_PREVIOUS"),
+        ),
+        (
+            {"SWITCH_ADMIN_JWT_SECRET": ADMIN, "SWITCH_ADMIN_JWT_SECRET_PREVIOUS": SECRET},
+            ("SWITCH_ADMIN_JWT_SECRET_PREVIOUS", "SWITCH_JWT_SECRET"),
+        ),
+        ({"SWITCH_ADMIN_JWT_SECRET_PREVIOUS": ADMIN}, ("SWITCH_ADMIN_JWT_SECRET_PREVIOUS",)),
+        ({"SWITCH_ADMIN_JWT_SECRET": "   "}, ("SWITCH_ADMIN_JWT_SECRET",)),
+        ({"SWITCH_JWT_SECRET_PREVIOUS": " "}, ("SWITCH_JWT_SECRET_PREVIOUS",)),
+    ],
+)
+def test_admin_secret_problems_are_one_line_each(values: dict[str, str], named: tuple) -> None:
+    """An admin secret equal to a publisher one would let every publisher mint admin
+    tokens: refused (compared as the server uses them, i.e. stripped)."""
+    [problem] = problems_of(env(**values))
+    assert problem.startswith(named[0] + " ") or problem.startswith(named[0] + "=")
+    assert all(name in problem for name in named), problem
+
+
 # --- retry schedule ---------------------------------------------------------------------
 
 
