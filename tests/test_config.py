@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
-from switchd.config import ConfigError, Settings, load_settings
+from switchd.config import VARIABLES, ConfigError, Settings, load_settings
 
 SECRET = "s" * 40
 
@@ -468,3 +469,11 @@ def test_faktory_password_is_not_echoed_in_errors() -> None:
 def test_lease_must_outlast_the_worst_case_delivery() -> None:
     [problem] = problems_of(env(SWITCH_LEASE_SECONDS="20"))  # worst case is 55 s by default
     assert problem.startswith("SWITCH_LEASE_SECONDS") and "55" in problem
+
+
+def test_every_variable_is_in_the_readme_table_and_the_example_file() -> None:
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    example = (root / "config" / "switchd.env.example").read_text()
+    missing = [n for n in VARIABLES if f"| `{n}` |" not in readme or f"{n}=" not in example]
+    assert missing == []
