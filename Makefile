@@ -21,13 +21,14 @@ $(VENV)/.test-extras: $(BIN)/switchd
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-$(STATE)/dev-secret:
+$(STATE)/dev-secret $(STATE)/dev-admin-secret:
 	mkdir -p $(STATE)
 	$(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))' > $@
 	chmod 600 $@
 
-run: $(BIN)/switchd $(STATE)/dev-secret
+run: $(BIN)/switchd $(STATE)/dev-secret $(STATE)/dev-admin-secret
 	SWITCH_JWT_SECRET="$${SWITCH_JWT_SECRET:-$$(cat $(STATE)/dev-secret)}" \
+	SWITCH_ADMIN_JWT_SECRET="$${SWITCH_ADMIN_JWT_SECRET:-$$(cat $(STATE)/dev-admin-secret)}" \
 	SWITCH_DB_NAME="$${SWITCH_DB_NAME:-$(STATE)/switch.db}" \
 	$(BIN)/switchd serve
 

@@ -31,6 +31,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SECRET = "bench-secret-bench-secret-bench-secret!"
+ADMIN_SECRET = "bench-admin-secret-bench-admin-secret!"
 CONCURRENCY = 64
 WAIT_LIMIT_SECONDS = 300
 MEMORY_PASSES = 5
@@ -52,7 +53,7 @@ def token(admin: bool) -> str:
     sys.path.insert(0, str(ROOT))
     from switchd.auth import mint
 
-    return mint(SECRET, "bench", admin=admin)
+    return mint(ADMIN_SECRET if admin else SECRET, "bench", admin=admin)
 
 
 @dataclass
@@ -114,6 +115,7 @@ async def start_sink() -> Process:
 async def start_switchd(db: Path, **env: str) -> Process:
     settings = {
         "SWITCH_JWT_SECRET": SECRET,
+        "SWITCH_ADMIN_JWT_SECRET": ADMIN_SECRET,
         "SWITCH_DB_NAME": str(db),
         "SWITCH_SERVER_HOST": "127.0.0.1",
         "SWITCH_LOG_FORMAT": "json",

@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from switchd import __version__
-from switchd.auth import AuthError, Principal, bearer_token
+from switchd.auth import PUBLISHER, AuthError, Principal, bearer_token
 from switchd.dead_letters import DeadFilter, ReplayRefused
 from switchd.errors import ApiError, InvalidInput
 from switchd.event_queries import STATUSES, EventFilter
@@ -31,6 +31,18 @@ from switchd.web_console import add_routes as add_console_routes
 log = structlog.get_logger("switchd.http")
 SERVICE: web.AppKey[Switchd] = web.AppKey("switchd", Switchd)
 NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")  # use with fullmatch
+ADMIN_NOT_CONFIGURED = (
+    "the management API is disabled: SWITCH_ADMIN_JWT_SECRET is not set on this server "
+    "(set it, different from SWITCH_JWT_SECRET, and restart switchd)"
+)
+ADMIN_HOW = (
+    "management endpoints need a token signed with SWITCH_ADMIN_JWT_SECRET whose 'scope' "
+    "holds 'admin'"
+)
+PUBLISHER_NOT_ADMIN = (
+    f"publisher tokens (signed with SWITCH_JWT_SECRET) never grant admin access: {ADMIN_HOW}"
+)
+NO_ADMIN_SCOPE = "this endpoint needs a token with the 'admin' scope"
 
 
 def json_response(
@@ -71,15 +83,18 @@ def _allow(exc: web.HTTPException) -> dict[str, str]:
 
 
 def authenticate(request: web.Request, admin: bool = False) -> Principal:
-    """The caller's principal; 401 without a valid token, 403 without the admin scope."""
+    """The caller's principal; 401 without a valid token. With `admin`: 403 when no admin
+    secret is configured or the token is not an admin token (see switchd.auth)."""
+    tokens = request.app[SERVICE].tokens
+    if admin and not tokens.admin_configured:
+        raise ApiError(403, "admin_not_configured", ADMIN_NOT_CONFIGURED)
     try:
-        principal = request.app[SERVICE].tokens.verify(
-            bearer_token(request.headers.get("Authorization"))
-        )
+        principal = tokens.verify(bearer_token(request.headers.get("Authorization")))
     except AuthError as exc:
         raise ApiError(401, "unauthorized", exc.reason) from exc
     if admin and not principal.admin:
-        raise ApiError(403, "forbidden", "this endpoint needs a token with the 'admin' scope")
+        refusal = PUBLISHER_NOT_ADMIN if principal.kind == PUBLISHER else NO_ADMIN_SCOPE
+        raise ApiError(403, "forbidden", refusal)
     return principal
 
 
@@ -88,6 +103,10 @@ async def publish(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     principal = authenticate(request)
     topic, payload = parse_publish(await read_body(request, service.settings.max_payload_bytes))
+    if not principal.may_publish(topic):
+        raise ApiError(
+            403, "topic_not_allowed", f"this token's 'topics' claim does not allow {topic!r}"
+        )
     key = request.headers.get("Idempotency-Key")
     try:
         if key is None:
@@ -105,7 +124,7 @@ async def publish(request: web.Request) -> web.Response:
 
 
 async def refresh(request: web.Request) -> web.Response:
-    """GET /refresh: reload subscribers now."""
+    """GET /refresh: reload subscribers now (any valid token; `topics` does not matter)."""
     authenticate(request)
     count = await request.app[SERVICE].registry.reload()
     return json_response({"subscribers": count})
@@ -385,6 +404,13 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready", "queue": queue})
 
 
+async def auth_status(request: web.Request) -> web.Response:
+    """GET /auth (no auth): whether admin tokens are accepted; the console's sign-in reads it."""
+    configured = request.app[SERVICE].tokens.admin_configured
+    message = ADMIN_HOW if configured else ADMIN_NOT_CONFIGURED
+    return json_response({"admin_configured": configured, "message": message})
+
+
 async def openapi_json(request: web.Request) -> web.Response:
     """GET /openapi.json: the OpenAPI document of this API (no auth)."""
     return json_response(document(__version__))
@@ -418,5 +444,6 @@ def create_app(service: Switchd) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/auth", auth_status)
     add_console_routes(app)
     return app

@@ -43,7 +43,10 @@ class Switchd:
         self.db = Database(settings.db_name)
         self.store = SubscriberStore(self.db)
         self.metrics = Metrics()
-        self.tokens = TokenVerifier(settings.jwt_secret)
+        self.tokens = TokenVerifier(
+            (settings.jwt_secret, settings.jwt_secret_previous),
+            (settings.admin_jwt_secret, settings.admin_jwt_secret_previous),
+        )
         self.registry = Registry(self.store, self.metrics.filter_errors.inc)
         self.local_queue = LocalQueue(self.db, settings)
         self.faktory_queue: FallbackQueue | None = None

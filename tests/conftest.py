@@ -27,7 +27,8 @@ from switchd.config import Settings
 from switchd.http_api import create_app
 from switchd.service import Switchd
 
-SECRET = "test-secret-of-at-least-thirty-two-bytes!"
+SECRET = "test-secret-of-at-least-thirty-two-bytes!"  # publishers' (SWITCH_JWT_SECRET)
+ADMIN_SECRET = "test-admin-secret-of-at-least-thirty-two-bytes"  # SWITCH_ADMIN_JWT_SECRET
 FAST = {
     "retry_schedule": (0.1, 0.1, 0.1),
     "quick_retries": 2,
@@ -143,7 +144,7 @@ class Running:
 
     @property
     def admin(self) -> dict[str, str]:
-        return {"Authorization": "Bearer " + mint(SECRET, "ops", admin=True)}
+        return {"Authorization": "Bearer " + mint(ADMIN_SECRET, "ops", admin=True)}
 
     @property
     def publisher(self) -> dict[str, str]:
@@ -182,7 +183,13 @@ async def start_switchd(tmp_path: Path) -> AsyncIterator[StartSwitchd]:
 
     async def start(**overrides: Any) -> Running:
         settings = Settings(
-            **{"jwt_secret": SECRET, "db_name": str(tmp_path / "switch.db"), **FAST, **overrides}
+            **{
+                "jwt_secret": SECRET,
+                "admin_jwt_secret": ADMIN_SECRET,
+                "db_name": str(tmp_path / "switch.db"),
+                **FAST,
+                **overrides,
+            }
         )
         service = Switchd(settings)
         await service.start()
