@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STATE := .state
 CHROMIUM := /usr/bin/chromium
+REDIS := /usr/bin/redis-server
+# The real Faktory of the tests and benchmarks, where it exists (it is no part of switchd).
+FAKTORY := $(wildcard ../shared/bin/faktory)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -33,7 +36,16 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
 
-test: $(BIN)/switchd $(CHROMIUM)
+# That Faktory runs its own redis-server child. Debian's package starts a system service
+# where its policy allows (/etc/init.d, pid in /run/redis): stopped at once, by its pid.
+$(REDIS):
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q redis-server
+	if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now redis-server; \
+	elif [ -s /run/redis/redis-server.pid ]; then \
+		$(SUDO) kill "$$(cat /run/redis/redis-server.pid)"; fi
+
+test: $(BIN)/switchd $(CHROMIUM) $(if $(FAKTORY),$(REDIS))
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
@@ -41,7 +53,7 @@ test: $(BIN)/switchd $(CHROMIUM)
 screenshots: $(BIN)/switchd $(CHROMIUM)
 	$(BIN)/python tools/screenshots.py docs/console
 
-bench: $(BIN)/switchd
+bench: $(BIN)/switchd $(if $(FAKTORY),$(REDIS))
 	$(BIN)/python bench/run.py
 
 lint: $(BIN)/switchd

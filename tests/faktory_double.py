@@ -10,8 +10,8 @@ INFO and END. It keeps the Faktory semantics the tests rely on:
   60..86400 s, default 1800); an expired reservation is a failure (errtype
   ReservationExpired) and consumes a retry;
 - FAIL counts failures in failure.retry_count (0 after the first) and retries while
-  retry_count < retry, after n⁴ + 15 + rand(30)·(n+1) s; `retry` 0 discards the job,
-  exhausted retries move it to the dead set;
+  retry_count < retry, after n⁴ + 15 + rand(30)·(n+1) s (at failure.next_at); `retry` 0
+  discards the job, exhausted retries move it to the dead set;
 - BEAT answers +OK, or {"state": "quiet"|"terminate"} once the worker was signalled
   (by `signal()` or by a BEAT carrying "current_state"), never going back to running;
 - INFO gives queue sizes and, under faktory.tasks, the sizes of Busy (reservations),
@@ -37,7 +37,7 @@ import ssl
 import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -58,9 +58,9 @@ class Reservation:
     expires_at: float
 
 
-def now_text() -> str:
-    """The current time as Faktory writes it (RFC 3339, UTC)."""
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+def now_text(later: float = 0.0) -> str:
+    """The current time (plus `later` seconds) as Faktory writes it (RFC 3339, UTC)."""
+    return (datetime.now(UTC) + timedelta(seconds=later)).isoformat().replace("+00:00", "Z")
 
 
 class FaktoryDouble:
@@ -296,7 +296,9 @@ class FaktoryDouble:
         if retry == 0:
             return  # Faktory: no retry, no death, the job is gone
         if failure["retry_count"] < retry:
-            self.retries.append((time.monotonic() + self.backoff(failure["retry_count"]), job))
+            delay = self.backoff(failure["retry_count"])
+            failure["next_at"] = now_text(delay)
+            self.retries.append((time.monotonic() + delay, job))
         else:
             self.dead.append(job)
 
