@@ -95,6 +95,7 @@ class FaktoryDouble:
         self._arrived = asyncio.Condition()
         self._answering = asyncio.Event()
         self._answering.set()
+        self._frozen_verb: str | None = None  # freeze(only=...): hold that command's replies
         self._ticker: asyncio.Task[None] | None = None
 
     @property
@@ -127,8 +128,10 @@ class FaktoryDouble:
         await self._server.wait_closed()
         self._server = None
 
-    def freeze(self) -> None:
-        """Stop answering (connections stay open, nothing comes back), like a partition."""
+    def freeze(self, only: str | None = None) -> None:
+        """Stop answering (connections stay open, nothing comes back), like a partition; or,
+        with `only` (a verb such as "PUSHB"), hold back the replies to that command alone."""
+        self._frozen_verb = only
         self._answering.clear()
 
     def thaw(self) -> None:
@@ -169,7 +172,8 @@ class FaktoryDouble:
         hi: dict[str, Any] = {"v": 2}
         if self.password:
             hi.update(i=random.randint(4000, 8095), s=secrets.token_hex(8))
-        await self._answering.wait()
+        if self._frozen_verb is None:
+            await self._answering.wait()
         writer.write(b"+HI " + orjson.dumps(hi) + b"\r\n")
         line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 2.0)
         if not line.startswith(b"HELLO {"):
@@ -205,7 +209,8 @@ class FaktoryDouble:
                 )
             except (ValueError, KeyError, TypeError) as exc:
                 reply = _error(f"invalid {verb}: {exc}")
-            await self._answering.wait()
+            if self._frozen_verb in (None, verb):
+                await self._answering.wait()
             writer.write(reply)
             await writer.drain()
 

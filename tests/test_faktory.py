@@ -779,6 +779,29 @@ async def test_several_instances_share_one_faktory_queue(
         assert faktory.double.commands["ACK"] == 20
 
 
+async def test_concurrent_publishes_push_on_connections_of_their_own(
+    start_switchd: StartSwitchd, queue_name: str, sink: Sink
+):
+    """Double only (it counts the commands it received): a PUSHB that Faktory is slow to
+    answer holds up no other publish, each takes a producer connection of its own."""
+    double = FaktoryDouble(DOUBLE_PASSWORD)
+    await double.start()
+    try:
+        app = await start_switchd(
+            faktory_url=double.url, production_queue=queue_name, consumer_concurrency=0
+        )
+        await app.add_subscriber(topic="t", target_url=sink.url())
+        double.freeze(only="PUSHB")
+        publishes = [asyncio.create_task(app.publish("t", {"body": {"i": i}})) for i in range(3)]
+        await wait_until(lambda: double.commands["PUSHB"] == 3, 4, "three PUSHBs at once")
+        double.thaw()
+        assert [status for status, _ in await asyncio.gather(*publishes)] == [202] * 3
+        assert fallback(app).status()["pushed"] == 3 and fallback(app).spilled == 0
+        assert sorted(job["args"][0] for job in double.queues[queue_name]) == [sink.url()] * 3
+    finally:
+        await double.stop()
+
+
 # -- TLS ------------------------------------------------------------------------------------
 
 
