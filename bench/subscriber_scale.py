@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from run import (  # noqa: E402 - bench/run.py is the harness this section belongs to
+    ADMIN_SECRET,
     SECRET,
     Process,
     Publisher,
@@ -198,7 +199,8 @@ async def measure_lag(db: Path, sizes: Sizes) -> dict[str, float]:
     from switchd.service import Switchd
 
     configure("warning", "json")
-    service = Switchd(Settings(jwt_secret=SECRET, db_name=str(db)))
+    settings = Settings(jwt_secret=SECRET, admin_jwt_secret=ADMIN_SECRET, db_name=str(db))
+    service = Switchd(settings)
     await service.start()
     runner = web.AppRunner(create_app(service), access_log=None)
     await runner.setup()

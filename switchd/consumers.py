@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import structlog
 
-from switchd.delivery import Deliverer, Outcome
+from switchd.delivery import Deliverer
 from switchd.event_log import EventLog
 from switchd.metrics import Metrics
-from switchd.models import Job
+from switchd.models import Job, Outcome
 from switchd.queue.base import Disposition, JobQueue
 from switchd.registry import Registry
 from switchd.subscribers import SubscriberStore
@@ -157,9 +156,13 @@ class ConsumerPool:
                 await asyncio.sleep(SETTLE_RETRY_SECONDS)
 
     async def _disable(self, subscriber_id: str) -> None:
+        """Turn the subscriber off (it answered 410); log what happened, never raise."""
         reason = "endpoint answered 410 Gone"
-        with contextlib.suppress(Exception):
+        try:
             change = await self.store.disable(subscriber_id, reason)
-            if change is not None:
-                await self.registry.apply([change])
+        except Exception as exc:
+            log.error("subscriber_disable_failed", subscriber_id=subscriber_id, error=str(exc))
+            return
         log.warning("subscriber_disabled", subscriber_id=subscriber_id, reason=reason)
+        if change is not None:
+            await self.registry.apply([change])

@@ -157,6 +157,10 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX dead_at ON dead_letters(dead_at);
     """,
+    # A key is pending while its event's jobs are pushed to Faktory (idempotency.py).
+    """
+    ALTER TABLE idempotency_keys ADD COLUMN state TEXT NOT NULL DEFAULT 'done';
+    """,
     # The subscriber change log: every writer's change (the CLI's too, old ones included)
     # gets a version, so a process applies only what changed since the version it applied.
     """
@@ -306,8 +310,9 @@ class Database:
             try:
                 writer = self._require(self._writer)
                 async with self._lock:
-                    # aiosqlite's own queue to its connection's thread (it has no public API
-                    # for a function taking the connection); ordered with every call on it.
+                    # aiosqlite's private queue to its connection's thread (no public API runs
+                    # a function taking the connection), ordered with every call on it; fenced:
+                    # aiosqlite <0.23 in pyproject.toml, tests/test_private_apis.py.
                     await writer._execute(self._commit_queued, writer._conn, loop)
             except Exception as exc:  # no connection to write on: fail what is queued
                 batch = [self._queue.popleft() for _ in range(len(self._queue))]

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from switchd.db import Database, Statement
-from switchd.delivery import Outcome
-from switchd.models import Event, Job
+from switchd.models import Event, Job, Outcome
 from switchd.pagination import newest_first, where_sql
 from switchd.subscribers import Subscriber
 

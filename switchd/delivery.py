@@ -14,7 +14,7 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -25,8 +25,14 @@ from switchd import __version__
 from switchd.config import Settings
 from switchd.http_client import HttpClient
 from switchd.metrics import Metrics
-from switchd.models import Job
-from switchd.payload import CONTROL_CHARS, HEADER_NAME, HTTP_METHODS, scalar_text
+from switchd.models import Attempt, AttemptKind, Job, Outcome
+from switchd.payload import (
+    CONTROL_CHARS,
+    HEADER_NAME,
+    HEADER_VALUE_CONTROL_CHARS,
+    HTTP_METHODS,
+    scalar_text,
+)
 from switchd.registry import Registry
 from switchd.subscribers import SECRET_PREFIX
 
@@ -58,50 +64,6 @@ DROPPED_HEADERS = frozenset(
 MAX_ERROR_BODY = 512
 EVENT_CACHE_SIZE = 1024  # prepared events kept for their other subscribers' jobs
 USER_AGENT = f"switchd/{__version__}"
-Kind = Literal["delivered", "transient", "permanent", "skipped"]
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One HTTP request of a delivery, as the delivery log records it."""
-
-    number: int  # of the job's requests, earlier rounds included
-    started_at: float
-    duration: float  # seconds
-    status: int | None
-    kind: Kind
-    error: str | None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one delivery (all its quick retries included)."""
-
-    kind: Kind
-    status: int | None = None
-    error: str | None = None
-    requests: int = 0
-    retry_after: float | None = None
-    finished_at: float = 0.0
-    attempts: tuple[Attempt, ...] = ()  # the HTTP requests made, in order
-
-    @property
-    def gone(self) -> bool:
-        """410: the endpoint asks never to be called again."""
-        return self.status == 410
-
-    def finished(self, attempts: tuple[Attempt, ...]) -> Outcome:
-        """This outcome as the whole delivery's: its requests are `attempts`, done now.
-        (Half the cost of `dataclasses.replace` on this hot path.)"""
-        return Outcome(
-            self.kind,
-            self.status,
-            self.error,
-            len(attempts),
-            self.retry_after,
-            time.time(),
-            attempts,
-        )
 
 
 @dataclass(frozen=True)
@@ -210,7 +172,7 @@ def _caller_headers(headers: dict[str, Any]) -> dict[str, str]:
         text = scalar_text(value)
         if name.lower() in DROPPED_HEADERS or not HEADER_NAME.fullmatch(str(name)):
             continue
-        if CONTROL_CHARS.search(text.replace("\t", " ")):
+        if HEADER_VALUE_CONTROL_CHARS.search(text):
             continue
         clean[str(name)] = text
     return clean
@@ -232,7 +194,7 @@ def _keyed_hmac(secret: str) -> hmac.HMAC:
     return hmac.new(base64.b64decode(secret.removeprefix(SECRET_PREFIX)), digestmod="sha256")
 
 
-def classify(status: int) -> Kind:
+def classify(status: int) -> AttemptKind:
     """2xx delivered; 408/425/429/5xx transient; everything else (3xx, 4xx) permanent."""
     if 200 <= status < 300:
         return "delivered"

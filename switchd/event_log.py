@@ -7,8 +7,9 @@ the database refuses writes the buffer keeps at most MAX_BUFFERED rows, dropping
 oldest beyond that and counting them in `switchd_event_log_dropped_total`.
 
 With the local queue, an event that matched subscribers is logged by the queue itself,
-in the transaction that stores its jobs (queue/local.py); every other event (no match,
-or jobs pushed to Faktory) is logged here.
+in the transaction that stores its jobs (queue/local.py); an event that matched none but
+carries an idempotency key is logged in the transaction that stores its key
+(service.py); every other event (no match, or jobs pushed to Faktory) is logged here.
 
 Retention (`purge`): events older than the window that no job needs any more go, with
 their attempts; so do attempts older than the window; and unless payloads are to be
@@ -26,9 +27,8 @@ import orjson
 import structlog
 
 from switchd.db import Database, Statement
-from switchd.delivery import Outcome
 from switchd.metrics import Metrics
-from switchd.models import Event, Job
+from switchd.models import Event, Job, Outcome
 
 log = structlog.get_logger("switchd.event_log")
 
@@ -80,21 +80,24 @@ class EventLog:
 
     def record_event(self, event: Event, matched: list[str], test: bool = False) -> None:
         """Log an accepted event and the ids of the subscribers it matched."""
+        self._add(self.event_row(event, matched, test))
+
+    def event_row(self, event: Event, matched: list[str], test: bool = False) -> Statement:
+        """The statement logging an event, for a caller that commits it itself (with an
+        idempotency key, say)."""
         payload = event.payload_json if self.keep_payloads else b""
-        self._add(
+        return (
+            LOG_EVENT,
             (
-                LOG_EVENT,
-                (
-                    event.id,
-                    event.topic,
-                    event.author,
-                    event.received_at,
-                    payload,
-                    len(event.payload_json),
-                    orjson.dumps(matched).decode(),
-                    int(test),
-                ),
-            )
+                event.id,
+                event.topic,
+                event.author,
+                event.received_at,
+                payload,
+                len(event.payload_json),
+                orjson.dumps(matched).decode(),
+                int(test),
+            ),
         )
 
     def record_attempts(self, job: Job, outcome: Outcome, next_retry_at: float | None) -> None:

@@ -179,8 +179,10 @@ class _Evaluator(simpleeval.EvalWithCompoundTypes):
         )
 
     def _check_disallowed_items(self, item: Any) -> None:
-        # Values here are JSON data, literals and the HELPERS above: none is a module or a
-        # forbidden function, and walking every container on each node costs O(payload).
+        # Overrides simpleeval's private per-node result check (fenced: simpleeval <1.1 in
+        # pyproject.toml, tests/test_private_apis.py): values here are JSON data, literals
+        # and the HELPERS above, none a module or a forbidden function, and walking every
+        # container on each node costs O(payload).
         return
 
 

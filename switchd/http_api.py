@@ -8,15 +8,23 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 
-from switchd.auth import AuthError, Principal, bearer_token
+from switchd import __version__
+from switchd.auth import PUBLISHER, AuthError, Principal, bearer_token
 from switchd.dead_letters import DeadFilter, ReplayRefused
 from switchd.errors import ApiError, InvalidInput
 from switchd.event_queries import STATUSES, EventFilter
 from switchd.filters import check_filter
-from switchd.idempotency import fingerprint, validate_key
+from switchd.http_input import (
+    MAX_ADMIN_BODY,
+    MAX_IMPORT_BODY,
+    parse_id,
+    read_body,
+    read_json_object,
+)
+from switchd.idempotency import Claim, fingerprint, validate_key
 from switchd.metrics import CONTENT_TYPE
+from switchd.openapi import document
 from switchd.overview import DEFAULT_MINUTES, MAX_MINUTES, overview
 from switchd.pagination import DEFAULT_PAGE
 from switchd.payload import load_json, load_json_object, parse_publish, validate_payload
@@ -34,10 +42,19 @@ from switchd.web_console import add_routes as add_console_routes
 
 log = structlog.get_logger("switchd.http")
 SERVICE: web.AppKey[Switchd] = web.AppKey("switchd", Switchd)
-MAX_ADMIN_BODY = 64 * 1024
-MAX_IMPORT_BODY = 4 * 1024 * 1024  # POST /subscribers/import: MAX_IMPORT_ENTRIES of ~400 B
-READ_CHUNK = 64 * 1024
 NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")  # use with fullmatch
+ADMIN_NOT_CONFIGURED = (
+    "the management API is disabled: SWITCH_ADMIN_JWT_SECRET is not set on this server "
+    "(set it, different from SWITCH_JWT_SECRET, and restart switchd)"
+)
+ADMIN_HOW = (
+    "management endpoints need a token signed with SWITCH_ADMIN_JWT_SECRET whose 'scope' "
+    "holds 'admin'"
+)
+PUBLISHER_NOT_ADMIN = (
+    f"publisher tokens (signed with SWITCH_JWT_SECRET) never grant admin access: {ADMIN_HOW}"
+)
+NO_ADMIN_SCOPE = "this endpoint needs a token with the 'admin' scope"
 
 
 def json_response(
@@ -78,42 +95,19 @@ def _allow(exc: web.HTTPException) -> dict[str, str]:
 
 
 def authenticate(request: web.Request, admin: bool = False) -> Principal:
-    """The caller's principal; 401 without a valid token, 403 without the admin scope."""
+    """The caller's principal; 401 without a valid token. With `admin`: 403 when no admin
+    secret is configured or the token is not an admin token (see switchd.auth)."""
+    tokens = request.app[SERVICE].tokens
+    if admin and not tokens.admin_configured:
+        raise ApiError(403, "admin_not_configured", ADMIN_NOT_CONFIGURED)
     try:
-        principal = request.app[SERVICE].tokens.verify(
-            bearer_token(request.headers.get("Authorization"))
-        )
+        principal = tokens.verify(bearer_token(request.headers.get("Authorization")))
     except AuthError as exc:
         raise ApiError(401, "unauthorized", exc.reason) from exc
     if admin and not principal.admin:
-        raise ApiError(403, "forbidden", "this endpoint needs a token with the 'admin' scope")
+        refusal = PUBLISHER_NOT_ADMIN if principal.kind == PUBLISHER else NO_ADMIN_SCOPE
+        raise ApiError(403, "forbidden", refusal)
     return principal
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, or 413 when it exceeds `limit` bytes."""
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.content.iter_chunked(READ_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-    except RequestPayloadError as exc:  # e.g. a body that is not what Content-Encoding says
-        raise InvalidInput(f"cannot read the body: {exc.args[0] if exc.args else exc}") from exc
-    return b"".join(chunks)
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"body exceeds {limit} bytes")
-
-
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """An admin request's JSON object body."""
-    return load_json_object(await read_body(request, MAX_ADMIN_BODY))
 
 
 async def publish(request: web.Request) -> web.Response:
@@ -121,28 +115,28 @@ async def publish(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     principal = authenticate(request)
     topic, payload = parse_publish(await read_body(request, service.settings.max_payload_bytes))
+    if not principal.may_publish(topic):
+        raise ApiError(
+            403, "topic_not_allowed", f"this token's 'topics' claim does not allow {topic!r}"
+        )
     key = request.headers.get("Idempotency-Key")
-
-    async def work() -> dict[str, Any]:
-        try:
-            return await service.publish(topic, principal.author, payload)
-        except QueueUnavailable as exc:
-            log.error("publish_unavailable", topic=topic, error=str(exc))
-            raise ApiError(
-                503, "queue_unavailable", "the event could not be stored; retry later"
-            ) from exc
-
-    if key is None:
-        return json_response(await work(), status=202)
-    result, replayed = await service.idempotency.run(
-        principal.author, validate_key(key), fingerprint(topic, payload), work
-    )
+    try:
+        if key is None:
+            result, replayed = await service.publish(topic, principal.author, payload), False
+        else:
+            claim = Claim(principal.author, validate_key(key), fingerprint(topic, payload))
+            result, replayed = await service.publish_once(topic, payload, claim)
+    except QueueUnavailable as exc:
+        log.error("publish_unavailable", topic=topic, error=str(exc))
+        raise ApiError(
+            503, "queue_unavailable", "the event could not be stored; retry later"
+        ) from exc
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return json_response(result, status=202, headers=headers)
 
 
 async def refresh(request: web.Request) -> web.Response:
-    """GET /refresh: reload subscribers now."""
+    """GET /refresh: reload subscribers now (any valid token; `topics` does not matter)."""
     authenticate(request)
     count = await request.app[SERVICE].registry.reload()
     return json_response({"subscribers": count})
@@ -262,16 +256,18 @@ def _int_param(request: web.Request, name: str, default: int | None) -> int | No
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+    number = parse_id(raw)
+    if number is None:
         raise InvalidInput(f"'{name}' must be a non-negative integer")
-    return int(raw)
+    return number
 
 
 def _dead_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+    number = parse_id(raw)
+    if number is None:
         raise ApiError(404, "not_found", f"no dead letter {raw!r}")
-    return int(raw)
+    return number
 
 
 async def list_dead(request: web.Request) -> web.Response:
@@ -453,11 +449,15 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready", "queue": queue})
 
 
+async def auth_status(request: web.Request) -> web.Response:
+    """GET /auth (no auth): whether admin tokens are accepted; the console's sign-in reads it."""
+    configured = request.app[SERVICE].tokens.admin_configured
+    message = ADMIN_HOW if configured else ADMIN_NOT_CONFIGURED
+    return json_response({"admin_configured": configured, "message": message})
+
+
 async def openapi_json(request: web.Request) -> web.Response:
     """GET /openapi.json: the OpenAPI document of this API (no auth)."""
-    from switchd import __version__  # imported here: switchd.openapi imports this module
-    from switchd.openapi import document
-
     return json_response(document(__version__))
 
 
@@ -490,5 +490,6 @@ def create_app(service: Switchd) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/auth", auth_status)
     add_console_routes(app)
     return app

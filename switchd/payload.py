@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import json
 import re
 import unicodedata
 from typing import Any
@@ -16,19 +17,29 @@ from switchd.errors import InvalidInput
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 MAX_TOPIC_LENGTH = 255
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")  # use with fullmatch
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL_RANGES = r"\x00-\x1f\x7f-\x9f"  # C0, DEL and C1: refused in topics and URLs
+CONTROL_RANGES_BUT_TAB = r"\x00-\x08\x0a-\x1f\x7f-\x9f"  # refused in header values
+CONTROL_CHARS = re.compile(f"[{CONTROL_RANGES}]")
+HEADER_VALUE_CONTROL_CHARS = re.compile(f"[{CONTROL_RANGES_BUT_TAB}]")
 Scalar = str | int | float | bool | None
 MAX_HEADERS = 100
 MAX_HEADER_VALUE = 8192
 MAX_DEPTH = 64  # orjson writes at most 255 levels; deliveries never need this many
+# orjson reads an integer outside this range as a float (a different number): such a
+# document is refused. Only a run of 19 digits can hold one, so only then is it checked.
+EXACT_INTEGERS = (-(2**63), 2**64 - 1)
+DIGITS_AS_ZEROS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))  # for bytes.translate
+LONG_DIGIT_RUN = b"0" * 19
 
 
 def load_json(raw: bytes) -> Any:
     """A request body's JSON document."""
     try:
-        return orjson.loads(raw)
+        document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}", "invalid_json") from exc
+    _refuse_inexact_integers(raw, "invalid_json")
+    return document
 
 
 def load_json_object(raw: bytes) -> dict[str, Any]:
@@ -51,6 +62,26 @@ def parse_publish(raw: bytes) -> tuple[str, dict[str, Any]]:
     if "payload" not in fields:
         raise InvalidInput("'payload' is required", "invalid_payload")
     return topic, validate_payload(decode_payload(fields["payload"]))
+
+
+def _refuse_inexact_integers(raw: bytes, code: str) -> None:
+    """Refuse JSON (that orjson accepted) holding an integer orjson reads as a float: the
+    filters and the subscribers would see another number than the one published."""
+    if LONG_DIGIT_RUN not in raw.translate(DIGITS_AS_ZEROS):
+        return
+    try:
+        json.loads(raw, parse_int=functools.partial(_exact_integer, code))
+    except RecursionError as exc:  # deeper than the payload may be anyway
+        raise InvalidInput("JSON nested too deeply", code) from exc
+
+
+def _exact_integer(code: str, text: str) -> int:
+    low, high = EXACT_INTEGERS
+    if len(text) <= len(str(low)):  # longer ones are out of range (and int() may refuse them)
+        number = int(text)
+        if low <= number <= high:
+            return number
+    raise InvalidInput(f"integer {text[:30]} is outside {low}..{high}", code)
 
 
 def validate_topic(topic: object) -> str:
@@ -88,25 +119,25 @@ def decode_payload(value: object) -> dict[str, Any]:
         payload = orjson.loads(decoded)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput("'payload' does not decode to JSON", "invalid_payload") from exc
+    _refuse_inexact_integers(decoded, "invalid_payload")
     if not isinstance(payload, dict):
         raise InvalidInput("'payload' must decode to a JSON object", "invalid_payload")
     return payload
 
 
 def validate_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    """Check the delivery fields; normalise `http_method` to upper case."""
+    """Check the delivery fields. Nothing is rewritten: filters see the payload exactly as
+    published (the delivery request upper-cases `http_method` itself)."""
     if _deeper_than(payload, MAX_DEPTH):
         raise InvalidInput(f"'payload' is nested deeper than {MAX_DEPTH} levels", "invalid_payload")
     _check_headers(payload.get("headers"))
     _check_scalar_map(payload.get("path_params"), "path_params", lists=False)
     _check_scalar_map(payload.get("query_params"), "query_params", lists=True)
     method = payload.get("http_method")
-    if method is not None:
-        if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
-            raise InvalidInput(
-                f"'http_method' must be one of {', '.join(HTTP_METHODS)}", "invalid_payload"
-            )
-        payload["http_method"] = method.upper()
+    if method is not None and (not isinstance(method, str) or method.upper() not in HTTP_METHODS):
+        raise InvalidInput(
+            f"'http_method' must be one of {', '.join(HTTP_METHODS)}", "invalid_payload"
+        )
     return payload
 
 
@@ -153,7 +184,7 @@ def _check_headers(headers: object) -> None:
             raise InvalidInput(
                 f"header {name!r} is longer than {MAX_HEADER_VALUE} characters", "invalid_header"
             )
-        if CONTROL_CHARS.search(text.replace("\t", " ")):
+        if HEADER_VALUE_CONTROL_CHARS.search(text):
             raise InvalidInput(
                 f"header {name!r} contains control characters (CR/LF)", "invalid_header"
             )

@@ -19,15 +19,15 @@ from switchd.delivery import Deliverer
 from switchd.event_log import EventLog
 from switchd.event_queries import EventQueries
 from switchd.http_client import HttpClient
-from switchd.idempotency import IdempotencyKeys
+from switchd.idempotency import Claim, IdempotencyKeys, Unfinished
 from switchd.metrics import Metrics
-from switchd.models import Event, new_event_id
-from switchd.queue.base import JobQueue
+from switchd.models import Event, KeyRecord, new_event_id
+from switchd.queue.base import JobQueue, QueueUnavailable
 from switchd.queue.faktory import FaktoryQueue
 from switchd.queue.fallback import FallbackQueue
 from switchd.queue.local import LocalQueue
 from switchd.registry import Registry
-from switchd.subscribers import SubscriberStore
+from switchd.subscribers import Subscriber, SubscriberStore
 
 log = structlog.get_logger("switchd.service")
 CHANGES_POLL_SECONDS = 1.0  # other writers' subscriber changes are applied this often
@@ -47,7 +47,10 @@ class Switchd:
         self.db = Database(settings.db_name)
         self.store = SubscriberStore(self.db)
         self.metrics = Metrics()
-        self.tokens = TokenVerifier(settings.jwt_secret)
+        self.tokens = TokenVerifier(
+            (settings.jwt_secret, settings.jwt_secret_previous),
+            (settings.admin_jwt_secret, settings.admin_jwt_secret_previous),
+        )
         self.registry = Registry(self.store, self.metrics.filter_errors.inc)
         self.local_queue = LocalQueue(self.db, settings)
         self.faktory_queue: FallbackQueue | None = None
@@ -120,31 +123,69 @@ class Switchd:
 
     async def publish(self, topic: str, author: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Match subscribers and durably enqueue one job each; return the 202 body."""
+        return await self._publish(topic, author, payload, None, None)
+
+    async def publish_once(
+        self, topic: str, payload: dict[str, Any], claim: Claim
+    ) -> tuple[dict[str, Any], bool]:
+        """`publish` under an Idempotency-Key: the 202 body, and whether it is the first
+        one again (see idempotency.py)."""
+
+        async def publish(unfinished: Unfinished | None) -> dict[str, Any]:
+            return await self._publish(topic, claim.author, payload, claim, unfinished)
+
+        return await self.idempotency.run(claim, publish)
+
+    async def _publish(
+        self,
+        topic: str,
+        author: str,
+        payload: dict[str, Any],
+        claim: Claim | None,
+        unfinished: Unfinished | None,
+    ) -> dict[str, Any]:
         started = time.perf_counter()
-        matched = self.registry.matching(topic, payload)
-        event = Event(
-            id=new_event_id(),
-            topic=topic,
-            author=author,
-            payload=payload,
-            payload_json=orjson.dumps(payload),
-            received_at=time.time(),
-        )
-        if matched:
-            await self.queue.enqueue(event, matched)
-        if not matched or self.queue is not self.local_queue:  # else logged with the jobs
-            self.event_log.record_event(event, [s.id for s in matched])
+        event, matched = self._event(topic, author, payload, unfinished)
+        response = unfinished.response if unfinished else _accepted(event, matched)
+        key = None if claim is None else claim.record(response, event.received_at)
+        await self._store(event, matched, key)
         label = self.registry.topic_label(topic)
         self.metrics.child(self.metrics.published, label).inc()
         self.metrics.child(self.metrics.matched, label).inc(len(matched))
         self.metrics.publish_latency.observe(time.perf_counter() - started)
         log.debug("published", event_id=event.id, topic=topic, author=author, matched=len(matched))
-        return {
-            "event_id": event.id,
-            "topic": topic,
-            "matched": len(matched),
-            "subscribers": [s.id for s in matched],
-        }
+        return response
+
+    def _event(
+        self, topic: str, author: str, payload: dict[str, Any], unfinished: Unfinished | None
+    ) -> tuple[Event, list[Subscriber]]:
+        """A new event and the subscribers it matches; or, for a pending key, its event
+        again with the subscribers it matched then (those still registered)."""
+        if unfinished is None:
+            event_id, received_at = new_event_id(), time.time()
+            matched = self.registry.matching(topic, payload)
+        else:
+            event_id, received_at = unfinished.response["event_id"], unfinished.received_at
+            found = map(self.registry.get, unfinished.response["subscribers"])
+            matched = [subscriber for subscriber in found if subscriber is not None]
+        payload_json = orjson.dumps(payload)
+        return Event(event_id, topic, author, payload, payload_json, received_at), matched
+
+    async def _store(self, event: Event, matched: list[Subscriber], key: KeyRecord | None) -> None:
+        """The event's jobs, its delivery-log row and its key: durably before the 202, the
+        key with the jobs (or, without jobs, with the log row); QueueUnavailable if not."""
+        ids = [s.id for s in matched]
+        if matched:
+            await self.queue.enqueue(event, matched, key)
+            if self.queue is not self.local_queue:  # else logged with the jobs
+                self.event_log.record_event(event, ids)
+        elif key is None:
+            self.event_log.record_event(event, ids)
+        else:
+            try:
+                await self.db.write([self.event_log.event_row(event, ids), key.done])
+            except Exception as exc:
+                raise QueueUnavailable(f"cannot store the idempotency key: {exc}") from exc
 
     def queue_status(self) -> dict[str, Any]:
         """The queue backend's state, for /readyz."""
@@ -206,6 +247,12 @@ class Switchd:
         keys = await self.idempotency.purge()
         if purged or keys:
             log.info("purged", **purged, idempotency_keys=keys)
+
+
+def _accepted(event: Event, matched: list[Subscriber]) -> dict[str, Any]:
+    """The 202 body of a publish."""
+    ids = [s.id for s in matched]
+    return {"event_id": event.id, "topic": event.topic, "matched": len(ids), "subscribers": ids}
 
 
 async def _every(seconds: float, work: Callable[[], Awaitable[None]]) -> None:

@@ -10,10 +10,11 @@ import orjson
 import pytest
 
 from switchd.auth import mint
-from tests.conftest import SECRET, Sink, StartSwitchd
+from tests.conftest import ADMIN_SECRET, SECRET, Sink, StartSwitchd
 
-ADMIN = "Bearer " + mint(SECRET, "ops", admin=True)
+ADMIN = "Bearer " + mint(ADMIN_SECRET, "ops", admin=True)
 PUBLISHER = "Bearer " + mint(SECRET, "svc")
+FORGED_ADMIN = "Bearer " + mint(SECRET, "ops", admin=True)  # the publishers' secret
 TABLES = ("subscribers", "events", "jobs", "dead_letters")
 
 
@@ -80,6 +81,11 @@ SUBSCRIBER_CASES = [
     ("list-no-token", "GET", "/subscribers", {}, None, 401, "unauthorized"),
     ("list-not-admin", "GET", "/subscribers", {"Authorization": PUBLISHER}, None, 403, "forbidden"),
     ("create-not-admin", "POST", "/subscribers", {"Authorization": PUBLISHER},
+     {"topic": "t", "target_url": "http://127.0.0.1/x"}, 403, "forbidden"),
+    ("create-forged-admin", "POST", "/subscribers", {"Authorization": FORGED_ADMIN},
+     {"topic": "t", "target_url": "http://127.0.0.1/x"}, 403, "forbidden"),
+    ("create-admin-secret-no-scope", "POST", "/subscribers",
+     {"Authorization": "Bearer " + mint(ADMIN_SECRET, "ops")},
      {"topic": "t", "target_url": "http://127.0.0.1/x"}, 403, "forbidden"),
     ("create-not-json", "POST", "/subscribers", {"Authorization": ADMIN}, b"nope", 400,
      "invalid_json"),

@@ -81,18 +81,24 @@ class LoggedServer(Server):
 
 @dataclass
 class Publishing:
-    """Which publishes got a 202 (sequence number → event id), and how the others failed."""
+    """Which publishes got a 202 (sequence number → event id), which of those were replays
+    of an earlier answer (Idempotent-Replayed), and how the others failed."""
 
     accepted: dict[int, str] = field(default_factory=dict)
     failures: Counter[str] = field(default_factory=Counter)
+    replayed: set[int] = field(default_factory=set)
 
 
 async def publish_all(
-    url: str, seqs: Iterable[int], on_accepted: Callable[[int], None] | None = None
+    url: str,
+    seqs: Iterable[int],
+    on_accepted: Callable[[int], None] | None = None,
+    keyed: bool = False,
 ) -> Publishing:
-    """POST one event per sequence number, PUBLISH_CONCURRENCY at a time."""
+    """POST one event per sequence number, PUBLISH_CONCURRENCY at a time; `keyed`: each
+    with the Idempotency-Key `key-<seq>`."""
     result = Publishing()
-    headers = {"Authorization": "Bearer " + mint(SECRET, "svc")}
+    auth = {"Authorization": "Bearer " + mint(SECRET, "svc")}
     pending = iter(seqs)
     connector = aiohttp.TCPConnector(limit=PUBLISH_CONCURRENCY)
     timeout = aiohttp.ClientTimeout(total=20)
@@ -101,9 +107,11 @@ async def publish_all(
         async def worker() -> None:
             for seq in pending:  # shared iterator: each sequence number is sent once
                 body = orjson.dumps({"topic": TOPIC, "payload": {"body": {"seq": seq}}})
+                headers = {**auth, "Idempotency-Key": f"key-{seq}"} if keyed else auth
                 try:
                     async with client.post(url + "/publish", data=body, headers=headers) as resp:
                         status, raw = resp.status, await resp.read()
+                        replayed = resp.headers.get("Idempotent-Replayed") == "true"
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     result.failures[type(exc).__name__] += 1
                     continue
@@ -111,6 +119,8 @@ async def publish_all(
                     result.failures[f"HTTP {status}"] += 1
                     continue
                 result.accepted[seq] = orjson.loads(raw)["event_id"]
+                if replayed:
+                    result.replayed.add(seq)
                 if on_accepted is not None:
                     on_accepted(len(result.accepted))
 

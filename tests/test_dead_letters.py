@@ -17,7 +17,7 @@ async def _dead_count(app: Running, expected: int) -> None:
     )
 
 
-async def _fail_events(app: Running, sink: Sink, topic: str, count: int) -> list[str]:
+async def _fail_events(app: Running, topic: str, count: int) -> list[str]:
     ids = []
     for i in range(count):
         status, body = await app.publish(topic, {"body": {"i": i}, "headers": {"X-N": str(i)}})
@@ -32,7 +32,7 @@ async def test_dead_letter_shows_why_and_replay_delivers_again(
     app = await start_switchd()
     sink.status = 404
     subscriber = await app.add_subscriber(topic="t", target_url=sink.url("/x/:id"))
-    [event_id] = await _fail_events(app, sink, "t", 1)
+    [event_id] = await _fail_events(app, "t", 1)
     await _dead_count(app, 1)
 
     status, page = await app.call("GET", "/dead", headers=app.admin)
@@ -61,8 +61,8 @@ async def test_pagination_and_filters(start_switchd: StartSwitchd, sink: Sink):
     sink.status = 400
     a = await app.add_subscriber(topic="a", target_url=sink.url("/a"))
     await app.add_subscriber(topic="b", target_url=sink.url("/b"))
-    await _fail_events(app, sink, "a", 5)
-    await _fail_events(app, sink, "b", 2)
+    await _fail_events(app, "a", 5)
+    await _fail_events(app, "b", 2)
     await _dead_count(app, 7)
 
     seen, cursor = [], None
@@ -87,8 +87,8 @@ async def test_bulk_replay_by_topic_and_delete(start_switchd: StartSwitchd, sink
     sink.status = 400
     await app.add_subscriber(topic="a", target_url=sink.url("/a"))
     await app.add_subscriber(topic="b", target_url=sink.url("/b"))
-    await _fail_events(app, sink, "a", 3)
-    await _fail_events(app, sink, "b", 1)
+    await _fail_events(app, "a", 3)
+    await _fail_events(app, "b", 1)
     await _dead_count(app, 4)
     sink.status = 200
 
@@ -114,7 +114,7 @@ async def test_replay_refused_when_subscriber_is_gone(start_switchd: StartSwitch
     app = await start_switchd()
     sink.status = 400
     subscriber = await app.add_subscriber(topic="t", target_url=sink.url())
-    await _fail_events(app, sink, "t", 1)
+    await _fail_events(app, "t", 1)
     await _dead_count(app, 1)
     await app.call("DELETE", f"/subscribers/{subscriber['id']}", headers=app.admin)
     _, page = await app.call("GET", "/dead", headers=app.admin)

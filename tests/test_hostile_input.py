@@ -41,9 +41,9 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from switchd.auth import mint
-from tests.conftest import SECRET, Running, Sink, StartSwitchd, evaluate_in_child
+from tests.conftest import ADMIN_SECRET, SECRET, Running, Sink, StartSwitchd, evaluate_in_child
 
-ADMIN = "Bearer " + mint(SECRET, "ops", admin=True)
+ADMIN = "Bearer " + mint(ADMIN_SECRET, "ops", admin=True)
 PUBLISHER = "Bearer " + mint(SECRET, "svc")
 TABLES = ("subscribers", "events", "jobs", "dead_letters", "idempotency_keys")
 MIB = 1 << 20
@@ -93,8 +93,8 @@ def forge(
     return f"Bearer {signing_input}.{b64url(signature)}"
 
 
-def token(claims: dict[str, Any]) -> str:
-    return "Bearer " + jwt.encode(claims, SECRET, algorithm="HS256")
+def token(claims: dict[str, Any], secret: str = SECRET) -> str:
+    return "Bearer " + jwt.encode(claims, secret, algorithm="HS256")
 
 
 def doc(payload: Any = None, topic: Any = "t", **extra: Any) -> bytes:
@@ -379,20 +379,35 @@ ROWS = [
     pytest.param(pub(doc(), 401, "unauthorized", "Bearer " + PUBLISHER[7:] + " extra"),
                  id="jwt-two-tokens"),
     pytest.param(adm("GET", "/subscribers", None, 403, "forbidden",
-                     token({"author": "ops", "scope": 1})),
+                     token({"author": "ops", "scope": 1}, ADMIN_SECRET)),
                  id="jwt-scope-number"),
     pytest.param(adm("GET", "/subscribers", None, 403, "forbidden",
-                     token({"author": "ops", "scope": {"admin": True}})),
+                     token({"author": "ops", "scope": {"admin": True}}, ADMIN_SECRET)),
                  id="jwt-scope-object"),
     pytest.param(adm("GET", "/subscribers", None, 403, "forbidden",
-                     token({"author": "ops", "scope": [["admin"]]})),
+                     token({"author": "ops", "scope": [["admin"]]}, ADMIN_SECRET)),
                  id="jwt-scope-nested-list"),
     pytest.param(adm("GET", "/subscribers", None, 403, "forbidden",
-                     token({"author": "ops", "scope": "ADMIN administrator admin:read"})),
+                     token({"author": "ops", "scope": "ADMIN administrator admin:read"},
+                           ADMIN_SECRET)),
                  id="jwt-scope-lookalikes"),
     pytest.param(adm("POST", "/subscribers", {"topic": "t", "target_url": "http://h/x"}, 403,
-                     "forbidden", token({"author": "ops", "Scope": "admin"})),
+                     "forbidden", token({"author": "ops", "Scope": "admin"}, ADMIN_SECRET)),
                  id="jwt-scope-claim-capitalised"),
+    pytest.param(adm("POST", "/subscribers", {"topic": "t", "target_url": "http://h/x"}, 403,
+                     "forbidden", token({"author": "ops", "scope": "admin"})),
+                 id="jwt-admin-scope-on-a-publisher-token"),
+    pytest.param(pub(doc(), 403, "topic_not_allowed", token({"author": "svc", "topics": ["t.*"]}),
+                     Idempotency_Key="scoped-1"),
+                 id="jwt-topics-prefix-is-not-the-bare-name"),
+    pytest.param(pub(doc(), 403, "topic_not_allowed", token({"author": "svc", "topics": ["T"]})),
+                 id="jwt-topics-case-sensitive"),
+    pytest.param(pub(doc(), 403, "topic_not_allowed", token({"author": "svc", "topics": []})),
+                 id="jwt-topics-empty-list"),
+    pytest.param(pub(doc(), 401, "unauthorized", token({"author": "svc", "topics": "t"})),
+                 id="jwt-topics-string"),
+    pytest.param(pub(doc(), 401, "unauthorized", token({"author": "svc", "topics": ["t", 7]})),
+                 id="jwt-topics-not-strings"),
     # --- Idempotency-Key -----------------------------------------------------------------------
     pytest.param(pub(doc(), 400, "invalid_idempotency_key", Idempotency_Key="k" * 256),
                  id="idem-key-256-chars"),
@@ -605,7 +620,7 @@ async def test_controls_forged_token_and_raw_request_are_accepted(
 ) -> None:
     app = await start_switchd()
     await app.add_subscriber(topic="t", target_url=sink.url("/hooks/:id"))
-    forged = forge({"alg": "HS256", "typ": "JWT"}, {"author": "svc"})
+    forged = forge({"alg": "HS256", "typ": "JWT"}, {"author": "svc", "topics": ["x.*", "t"]})
     answer = await send(app, pub(doc(), 202, "", forged), "")
     assert answer.status == 202, answer
     body = doc({"body": {"n": 1}})
@@ -660,10 +675,8 @@ async def raw_sink() -> AsyncIterator[RawSink]:
     recorder = RawSink()
     runner = web.ServerRunner(web.Server(recorder.handle), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    recorder.base_url = f"http://127.0.0.1:{port}"
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    recorder.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     yield recorder
     await runner.cleanup()
 

@@ -7,7 +7,7 @@ import asyncio
 import sqlite3
 import time
 
-from switchd.delivery import Outcome
+from switchd.models import Outcome
 from switchd.queue.local import LocalQueue
 from tests.conftest import Sink, StartSwitchd
 

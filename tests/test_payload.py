@@ -51,17 +51,17 @@ def test_seed_form_with_base64_payload() -> None:
     assert payload == inner
 
 
-def test_seed_form_full_payload_normalises_method() -> None:
+def test_seed_form_full_payload_is_kept_as_published() -> None:
     topic, payload = parse_publish(body({"Topic": "t", "Payload": b64(PAYLOAD)}))
     assert topic == "t"
-    assert payload == {**PAYLOAD, "http_method": "PUT"}
+    assert payload == PAYLOAD  # "http_method": "put" stays lower case: filters see it so
 
 
 def test_native_form_with_object() -> None:
     topic, payload = parse_publish(body({"topic": "t", "payload": dict(PAYLOAD)}))
     assert topic == "t"
     assert payload["body"] == {"x": 1, "items": [1, 2]}
-    assert payload["http_method"] == "PUT"
+    assert payload["http_method"] == "put"
     assert payload["special_key"] == "special value"
 
 
@@ -89,21 +89,10 @@ def test_base64_with_surrounding_whitespace() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("method", "expected"),
-    [
-        ("get", "GET"),
-        ("Post", "POST"),
-        ("pUt", "PUT"),
-        ("patch", "PATCH"),
-        ("DELETE", "DELETE"),
-        ("head", "HEAD"),
-        ("options", "OPTIONS"),
-    ],
-)
-def test_http_method_is_upper_cased(method: str, expected: str) -> None:
+@pytest.mark.parametrize("method", ["get", "Post", "pUt", "patch", "DELETE", "head", "options"])
+def test_http_method_in_any_case_is_accepted_and_kept_as_published(method: str) -> None:
     _, payload = parse_publish(body({"topic": "t", "payload": {"http_method": method}}))
-    assert payload["http_method"] == expected
+    assert payload["http_method"] == method
 
 
 def test_http_method_absent_stays_absent() -> None:
@@ -113,6 +102,26 @@ def test_http_method_absent_stays_absent() -> None:
 
 def test_empty_payload_object_is_accepted() -> None:
     assert parse_publish(body({"topic": "t", "payload": b64({})})) == ("t", {})
+
+
+EDGE_INTEGERS = [-(2**63), 2**64 - 1, 10**18, -(10**18)]
+
+
+@pytest.mark.parametrize("number", EDGE_INTEGERS)
+def test_integers_up_to_64_bits_are_kept_exactly(number: int) -> None:
+    inner = {"body": {"n": number, "text": "12345678901234567890123"}}
+    for document in ({"topic": "t", "payload": inner}, {"Topic": "t", "Payload": b64(inner)}):
+        _, payload = parse_publish(body(document))
+        assert payload == inner and type(payload["body"]["n"]) is int
+
+
+@pytest.mark.parametrize("number", [2**64, -(2**63) - 1, 10**30, -(10**300)])
+def test_integers_beyond_64_bits_are_refused_not_turned_into_floats(number: int) -> None:
+    """orjson would read them as floats: filters and subscribers would see another number."""
+    inner = {"body": {"n": number}}
+    assert "outside" in invalid(body({"topic": "t", "payload": inner})).message
+    seed = invalid(body({"Topic": "t", "Payload": b64(inner)}))
+    assert seed.code == "invalid_payload" and str(number)[:20] in seed.message
 
 
 @pytest.mark.parametrize(

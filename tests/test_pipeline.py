@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from standardwebhooks.webhooks import Webhook
 
 from switchd import __version__
-from switchd.delivery import Outcome
-from switchd.models import Job
+from switchd.models import Job, Outcome
 from switchd.queue.base import Disposition
 from switchd.queue.local import LocalQueue
-from tests.conftest import Sink, StartSwitchd, seed_body, seed_token
+from tests.conftest import Running, Sink, StartSwitchd, seed_body, seed_token
 
 SEED_FILTER = (
     'data["body"]["x"] == 1 and data["headers"]["y"] == "z" '
@@ -102,6 +102,44 @@ async def test_seed_filter_examples(start_switchd: StartSwitchd, sink: Sink):
     assert (await app.call("GET", "/healthz"))[0] == 200
 
 
+# The seed README's second example: the seed SDK sends `http_method` as the caller wrote it.
+SEED_METHOD_FILTER = (
+    'data["http_method"] == "post" and data["body"]["x"] and data["body"]["x"]["y"]'
+)
+
+
+async def seed_sdk_publish(app: Running, topic: str, payload: dict) -> tuple[int, dict]:
+    """POST /publish exactly as the seed Python SDK does: base64 `Payload`, a `bearer`
+    token with only an `Author` claim, no Content-Type."""
+    return await app.call(
+        "POST",
+        "/publish",
+        data=seed_body(topic, payload),
+        headers={"Authorization": f"bearer {seed_token()}"},
+        skip_auto_headers=["Content-Type"],
+    )
+
+
+async def test_filters_see_the_payload_as_published(start_switchd: StartSwitchd, sink: Sink):
+    app = await start_switchd(log_payloads=True)
+    subscriber = await app.add_subscriber(
+        topic="m", target_url=sink.url("/m"), filter_expression=SEED_METHOD_FILTER
+    )
+    published = {"http_method": "post", "body": {"x": {"y": 1}}}
+    status, body = await seed_sdk_publish(app, "m", published)
+    assert status == 202, body
+    assert body["matched"] == 1 and body["subscribers"] == [subscriber["id"]]
+    [request] = await sink.wait_for(1)
+    assert request.method == "POST"  # only the delivery request uses the normalised method
+    assert request.json() == {"x": {"y": 1}}
+    _, logged = await app.call("GET", f"/events/{body['event_id']}", headers=app.admin)
+    assert logged["payload"] == published  # stored as published too
+    status, upper = await seed_sdk_publish(app, "m", {**published, "http_method": "POST"})
+    assert (status, upper["matched"]) == (202, 0)  # "POST" is not "post"
+    await asyncio.sleep(0.3)
+    assert len(sink.requests) == 1
+
+
 async def test_transient_failures_then_success_delivers_once(
     start_switchd: StartSwitchd, sink: Sink
 ):
@@ -157,6 +195,35 @@ async def test_gone_disables_the_subscriber(start_switchd: StartSwitchd, sink: S
     _, body = await app.publish("t", {"body": {}})
     assert body["matched"] == 0
     assert len(sink.requests) == 1
+
+
+async def test_gone_is_logged_as_a_disable_only_when_the_disable_happened(
+    start_switchd: StartSwitchd, sink: Sink
+):
+    app = await start_switchd()
+    sink.status = 410
+    subscriber = await app.add_subscriber(topic="t", target_url=sink.url())
+    writer = app.service.db._writer
+    assert writer is not None
+    refuse = "SELECT RAISE(ABORT, 'injected storage fault')"
+    await writer.execute(f"CREATE TRIGGER fault BEFORE UPDATE ON subscribers BEGIN {refuse}; END")
+    with structlog.testing.capture_logs() as logs:
+        await app.publish("t", {"body": {}})
+        await _wait_for_dead(app)
+    events = [entry["event"] for entry in logs]
+    assert "subscriber_disable_failed" in events and "subscriber_disabled" not in events
+    [failed] = [entry for entry in logs if entry["event"] == "subscriber_disable_failed"]
+    assert failed["subscriber_id"] == subscriber["id"] and "injected" in failed["error"]
+    _, shown = await app.call("GET", f"/subscribers/{subscriber['id']}", headers=app.admin)
+    assert shown["enabled"] is True  # the disable did not happen
+
+    await writer.execute("DROP TRIGGER fault")
+    with structlog.testing.capture_logs() as logs:
+        await app.publish("t", {"body": {}})
+        await _wait_for_dead(app, count=2)
+    assert [e["event"] for e in logs].count("subscriber_disabled") == 1
+    _, shown = await app.call("GET", f"/subscribers/{subscriber['id']}", headers=app.admin)
+    assert shown["enabled"] is False
 
 
 async def test_retry_after_is_honoured(start_switchd: StartSwitchd, sink: Sink):
@@ -261,13 +328,14 @@ async def test_readyz_turns_503_when_draining(start_switchd: StartSwitchd):
     assert status == 503 and any("draining" in r for r in body["reasons"])
 
 
-async def _wait_for_dead(app, timeout: float = 10.0) -> dict:
+async def _wait_for_dead(app, count: int = 1, timeout: float = 10.0) -> dict:
+    """The first dead letter, once `count` are there."""
     for _ in range(int(timeout / 0.05)):
-        row = await app.service.db.fetchone("SELECT * FROM dead_letters")
-        if row is not None:
-            return dict(row)
+        rows = await app.service.db.fetchall("SELECT * FROM dead_letters ORDER BY id")
+        if len(rows) >= count:
+            return dict(rows[0])
         await asyncio.sleep(0.05)
-    raise AssertionError("no dead letter appeared")
+    raise AssertionError(f"fewer than {count} dead letters appeared")
 
 
 async def test_purge_keeps_events_that_jobs_still_need(start_switchd: StartSwitchd, sink: Sink):

@@ -120,7 +120,7 @@ def parse_or_invalid(raw: bytes) -> tuple[str, dict[str, Any]] | None:
     assert isinstance(topic, str) and 1 <= len(topic) <= 255
     assert isinstance(payload, dict)
     if "http_method" in payload:
-        assert payload["http_method"] in HTTP_METHODS
+        assert payload["http_method"].upper() in HTTP_METHODS  # kept as published
     return topic, payload
 
 

@@ -24,6 +24,7 @@ from switchd.service import Switchd
 from switchd.subscribers import validate_fields
 
 SECRET = "screenshots-secret-of-at-least-thirty-two-bytes"
+ADMIN_SECRET = "screenshots-admin-secret-of-at-least-thirty-two-bytes"
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
 VIEWPORT = {"width": 1280, "height": 800}
@@ -53,10 +54,8 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
     """`app` on a free port of 127.0.0.1."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 async def add_subscribers(service: Switchd, sink_url: str) -> None:
@@ -97,7 +96,7 @@ async def capture(page: Page, url: str, out: Path) -> None:
     await page.goto(url + "/console/")
     await page.get_by_label("Admin token").fill("")
     await page.screenshot(path=out / "signin.png")
-    await page.get_by_label("Admin token").fill(mint(SECRET, "ops", admin=True))
+    await page.get_by_label("Admin token").fill(mint(ADMIN_SECRET, "ops", admin=True))
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.locator(".chart-published .chart-total")).not_to_have_text("0")
     await page.screenshot(path=out / "overview.png")
@@ -139,8 +138,8 @@ async def main(out: Path, minutes: float) -> None:
     sink_app.router.add_route("*", "/{tail:.*}", Sink().handle)
     sink_runner, sink_url = await serve(sink_app)
     with tempfile.TemporaryDirectory() as tmp:
-        service = Switchd(Settings(jwt_secret=SECRET, db_name=f"{tmp}/switch.db",
-                                   log_payloads=True))  # fmt: skip
+        service = Switchd(Settings(jwt_secret=SECRET, admin_jwt_secret=ADMIN_SECRET,
+                                   db_name=f"{tmp}/switch.db", log_payloads=True))  # fmt: skip
         await service.start()
         runner, url = await serve(create_app(service))
         try:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-from switchd.delivery import Outcome
-from switchd.models import Event, Job
+from switchd.models import Event, Job, KeyRecord, Outcome
 from switchd.subscribers import Subscriber
 
 Disposition = Literal["done", "retry", "dead"]
@@ -20,8 +19,12 @@ class JobQueue(Protocol):
 
     name: str
 
-    async def enqueue(self, event: Event, subscribers: list[Subscriber]) -> None:
-        """Store one job per subscriber durably before returning, or raise QueueUnavailable."""
+    async def enqueue(
+        self, event: Event, subscribers: list[Subscriber], key: KeyRecord | None = None
+    ) -> None:
+        """Store one job per subscriber durably before returning, or raise QueueUnavailable.
+        With `key`, its done row is committed with the jobs where they share a transaction
+        (else as close as the backend allows: see idempotency.py)."""
 
     async def next(self) -> Job:
         """Wait for the next job to deliver (leased or reserved for this consumer)."""

@@ -23,8 +23,7 @@ from typing import Any
 
 import structlog
 
-from switchd.delivery import Outcome
-from switchd.models import Event, Job
+from switchd.models import Event, Job, KeyRecord, Outcome
 from switchd.queue.base import Disposition
 from switchd.queue.faktory import FaktoryQueue, NotStored
 from switchd.queue.local import LocalQueue
@@ -55,14 +54,17 @@ class FallbackQueue:
         """Close the Faktory connections."""
         await self.faktory.close()
 
-    async def enqueue(self, event: Event, subscribers: list[Subscriber]) -> None:
-        """Push to Faktory; store what it did not take in the local queue."""
+    async def enqueue(
+        self, event: Event, subscribers: list[Subscriber], key: KeyRecord | None = None
+    ) -> None:
+        """Push to Faktory; store what it did not take in the local queue, where the key's
+        done row is committed with those jobs."""
         try:
-            await self.faktory.enqueue(event, subscribers)
+            await self.faktory.enqueue(event, subscribers, key)
             return
         except NotStored as exc:
             unstored, reason = exc.subscribers, str(exc)
-        await self.local.enqueue(event, unstored)  # QueueUnavailable here means 503
+        await self.local.enqueue(event, unstored, key)  # QueueUnavailable here means 503
         self.spilled += len(unstored)
         self._local_work = True
         self._next_local_poll = 0.0

@@ -26,8 +26,7 @@ import structlog
 from switchd.config import Settings
 from switchd.db import Database, Statement
 from switchd.dead_letters import bury
-from switchd.delivery import Outcome
-from switchd.models import Event, Job
+from switchd.models import Event, Job, KeyRecord, Outcome
 from switchd.queue.base import Disposition, QueueUnavailable
 from switchd.subscribers import Subscriber
 
@@ -91,8 +90,11 @@ class LocalQueue:
         self._closing = False
         self._wake = asyncio.Event()
 
-    async def enqueue(self, event: Event, subscribers: list[Subscriber]) -> None:
-        """Store the event and one job per subscriber in the next group commit."""
+    async def enqueue(
+        self, event: Event, subscribers: list[Subscriber], key: KeyRecord | None = None
+    ) -> None:
+        """Store the event, one job per subscriber and the key's done row (if any), all in
+        one transaction: the next group commit."""
         matched = orjson.dumps([s.id for s in subscribers]).decode()
         statements: list[Statement] = [
             (
@@ -123,6 +125,8 @@ class LocalQueue:
             )
             for s in subscribers
         )
+        if key is not None:
+            statements.append(key.done)
         try:
             await self.db.write(statements)
         except Exception as exc:
