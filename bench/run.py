@@ -9,7 +9,9 @@ fastest plain client → sink rate of the round, of an aiohttp client and switch
 delivery client, each the mean of a run before and one after the round's switchd runs.
 The table gives medians, and each ratio's (or latency's) median and range over the rounds.
 
-    make bench            # or: .venv/bin/python bench/run.py [--quick] [--rounds N]
+    make bench            # or: .venv/bin/python bench/run.py [--quick] [--rounds N] [--only S]
+
+The "subscribers" section (bench/subscriber_scale.py) changes subscribers at scale.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ SECRET = "bench-secret-bench-secret-bench-secret!"
 ADMIN_SECRET = "bench-admin-secret-bench-admin-secret!"
 CONCURRENCY = 64
 WAIT_LIMIT_SECONDS = 300
+START_LIMIT_SECONDS = 60
+SECTIONS = ("throughput", "memory", "scale", "subscribers")
 MEMORY_PASSES = 5
 ROUNDS = 5  # throughput figures are medians of this many rounds, each with its own limit
 CEILING_BATCH = 100  # jobs per PUSHB in the Faktory ceiling
@@ -96,14 +100,16 @@ async def start(argv: list[str], env: dict[str, str], health: str) -> Process:
         *argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_LIMIT_SECONDS
     async with aiohttp.ClientSession() as client:
-        for _ in range(300):
+        while time.monotonic() < deadline:
             try:
                 async with client.get(url + health) as response:
                     if response.status == 200:
                         return Process(popen, url)
             except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
+                pass
+            await asyncio.sleep(0.02)
     popen.kill()
     raise RuntimeError(f"{argv[0]} did not start")
 
@@ -116,7 +122,7 @@ async def start_sink() -> Process:
     )
 
 
-async def start_switchd(db: Path, **env: str) -> Process:
+async def start_switchd(db: Path, health: str = "/healthz", **env: str) -> Process:
     settings = {
         "SWITCH_JWT_SECRET": SECRET,
         "SWITCH_ADMIN_JWT_SECRET": ADMIN_SECRET,
@@ -126,7 +132,7 @@ async def start_switchd(db: Path, **env: str) -> Process:
         "SWITCH_CONSUMER_CONCURRENCY_LEVEL": str(CONCURRENCY),  # the limit's concurrency
         **env,
     }
-    return await start([sys.executable, "-m", "switchd", "serve"], settings, "/healthz")
+    return await start([sys.executable, "-m", "switchd", "serve"], settings, health)
 
 
 async def sink_count(client: aiohttp.ClientSession, sink: Process) -> int:
@@ -544,27 +550,35 @@ async def start_faktory() -> RealFaktory | None:
     return faktory
 
 
-async def main_async(scale: float, rounds: int) -> dict[str, Any]:
+async def main_async(scale: float, rounds: int, sections: tuple[str, ...]) -> dict[str, Any]:
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     }
-    faktory = await start_faktory()
+    faktory = await start_faktory() if "throughput" in sections else None
     backends = [Backend(""), *([Backend("faktory_", faktory)] if faktory else [])]
     sink = await start_sink()
     try:
         with tempfile.TemporaryDirectory(prefix="switchd-bench-") as tmp:
             workdir = Path(tmp)
-            results["rounds"] = [
-                await measure_round(sink, scale, workdir / f"round{i}", backends)
-                for i in range(rounds)
-            ]
-            for name in results["rounds"][0]:
-                results[name] = medians([r[name] for r in results["rounds"]])
-            results["memory"] = await measure_memory(sink, int(100_000 * scale), workdir)
-            results["scale"] = [
-                await measure_scale(sink, n, int(200 * scale) or 20, workdir)
-                for n in (1, 100, 1000, 10_000)
-            ]
+            if "throughput" in sections:
+                results["rounds"] = [
+                    await measure_round(sink, scale, workdir / f"round{i}", backends)
+                    for i in range(rounds)
+                ]
+                for name in results["rounds"][0]:
+                    results[name] = medians([r[name] for r in results["rounds"]])
+            if "memory" in sections:
+                results["memory"] = await measure_memory(sink, int(100_000 * scale), workdir)
+            if "scale" in sections:
+                results["scale"] = [
+                    await measure_scale(sink, n, int(200 * scale) or 20, workdir)
+                    for n in (1, 100, 1000, 10_000)
+                ]
+            if "subscribers" in sections:  # last: it tunes this process's loop like serve's
+                from subscriber_scale import measure_subscribers
+
+                figures = await measure_subscribers(sink, workdir / "subs", scale < 1)
+                results["subscribers"] = figures
     finally:
         await sink.stop()
         if faktory is not None:
@@ -573,8 +587,36 @@ async def main_async(scale: float, rounds: int) -> dict[str, Any]:
 
 
 def report(results: dict[str, Any]) -> list[tuple[str, str, str]]:
-    rounds = results["rounds"]
-    limit, memory = results["limit"], results["memory"]
+    """The table's rows (figure, value, ratio or target) of the sections that ran."""
+    rows = throughput_rows(results) if "rounds" in results else []
+    if "memory" in results:
+        memory = results["memory"]
+        rows.append(
+            (
+                f"RSS after each of {MEMORY_PASSES} passes of {memory['deliveries_each']:,} "
+                "deliveries",
+                " → ".join(f"{mb:.0f}" for mb in memory["rss_after_each_pass_mb"]) + " MB",
+                "",
+            )
+        )
+    rows += [
+        (
+            f"publish p50, {s['subscribers']:,} filtered subscribers",
+            f"{s['publish_p50_ms']:.2f} ms",
+            "",
+        )
+        for s in results.get("scale", ())
+    ]
+    if "subscribers" in results:
+        from subscriber_scale import report as subscriber_rows
+
+        rows += subscriber_rows(results["subscribers"])
+    return rows
+
+
+def throughput_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The rows of the rounds: the limit, both queue backends, the Faktory ceiling."""
+    rounds, limit = results["rounds"], results["limit"]
 
     def ratio(name: str, key: str, base: str = "limit", base_key: str = "requests_per_s") -> str:
         """Median over the rounds of the figure over that round's `base` (the limit, or the
@@ -680,21 +722,6 @@ def report(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             ),
             *backend_rows("faktory_", "Faktory, "),
         ]
-    rows += [
-        (
-            f"RSS after each of {MEMORY_PASSES} passes of {memory['deliveries_each']:,} deliveries",
-            " → ".join(f"{mb:.0f}" for mb in memory["rss_after_each_pass_mb"]) + " MB",
-            "",
-        ),
-        *(
-            (
-                f"publish p50, {s['subscribers']:,} filtered subscribers",
-                f"{s['publish_p50_ms']:.2f} ms",
-                "",
-            )
-            for s in results["scale"]
-        ),
-    ]
     return rows
 
 
@@ -704,12 +731,16 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a fifth of the work, for a smoke run")
     parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"default {ROUNDS}")
+    parser.add_argument(
+        "--only", choices=SECTIONS, action="append", help="run this section only (repeatable)"
+    )
     args = parser.parse_args()
-    results = run_loop(main_async(0.2 if args.quick else 1.0, max(1, args.rounds)))
+    sections = tuple(args.only or SECTIONS)
+    results = run_loop(main_async(0.2 if args.quick else 1.0, max(1, args.rounds), sections))
     rows = report(results)
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
-    print(f"{'figure'.ljust(width)}  {'value'.ljust(value_width)}  ratio")
+    print(f"{'figure'.ljust(width)}  {'value'.ljust(value_width)}  ratio / target")
     for name, value, ratio in rows:
         print(f"{name.ljust(width)}  {value.ljust(value_width)}  {ratio}")
     RESULTS.mkdir(parents=True, exist_ok=True)

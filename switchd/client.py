@@ -377,6 +377,11 @@ class AsyncSwitchClient:
         """Create a subscriber; the answer shows its signing secret, this once."""
         return await self._request("POST", "/subscribers", json_body=fields)
 
+    async def import_subscribers(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        """Create subscribers in bulk, all or none; entries identical to an existing
+        subscriber are skipped. Returns ``{"ids", "created", "skipped", "secrets"}``."""
+        return await self._request("POST", "/subscribers/import", json_body=entries)
+
     async def list_subscribers(self, topic: str | None = None) -> list[dict[str, Any]]:
         """Every subscriber, or those of `topic`."""
         params = {"topic": topic} if topic is not None else None

@@ -15,17 +15,29 @@ from switchd.dead_letters import DeadFilter, ReplayRefused
 from switchd.errors import ApiError, InvalidInput
 from switchd.event_queries import STATUSES, EventFilter
 from switchd.filters import check_filter
-from switchd.http_input import MAX_ADMIN_BODY, parse_id, read_body, read_json_object
+from switchd.http_input import (
+    MAX_ADMIN_BODY,
+    MAX_IMPORT_BODY,
+    parse_id,
+    read_body,
+    read_json_object,
+)
 from switchd.idempotency import Claim, fingerprint, validate_key
 from switchd.metrics import CONTENT_TYPE
 from switchd.openapi import document
 from switchd.overview import DEFAULT_MINUTES, MAX_MINUTES, overview
 from switchd.pagination import DEFAULT_PAGE
-from switchd.payload import load_json_object, parse_publish, validate_payload
+from switchd.payload import load_json, load_json_object, parse_publish, validate_payload
 from switchd.probe import evaluate, parse_request, send_test
 from switchd.queue.base import QueueUnavailable
 from switchd.service import Switchd
-from switchd.subscribers import Subscriber, validate_fields
+from switchd.subscribers import (
+    MAX_IMPORT_ENTRIES,
+    Subscriber,
+    identity,
+    validate_fields,
+    validate_import,
+)
 from switchd.web_console import add_routes as add_console_routes
 
 log = structlog.get_logger("switchd.http")
@@ -144,9 +156,39 @@ async def create_subscriber(request: web.Request) -> web.Response:
     authenticate(request, admin=True)
     service = request.app[SERVICE]
     fields = validate_fields(await read_json_object(request), partial=False)
-    row = await service.store.create(fields)
-    await service.registry.reload()
-    return json_response(_subscriber(service, row["id"], show_secret=True), status=201)
+    change = await service.store.create(fields)
+    await service.registry.apply([change])
+    return json_response(_subscriber(service, change.id, show_secret=True), status=201)
+
+
+async def import_subscribers(request: web.Request) -> web.Response:
+    """POST /subscribers/import: a JSON list of new subscribers, created all or none;
+    entries identical (topic, URL, filter) to an existing subscriber are skipped."""
+    authenticate(request, admin=True)
+    service = request.app[SERVICE]
+    entries = load_json(await read_body(request, MAX_IMPORT_BODY))
+    if not isinstance(entries, list):
+        raise InvalidInput("body must be a JSON list of subscribers", "invalid_json")
+    if len(entries) > MAX_IMPORT_ENTRIES:
+        raise InvalidInput(f"at most {MAX_IMPORT_ENTRIES} subscribers per import")
+    clean = await validate_import(entries)
+    existing = await service.registry.identical({identity(entry) for entry in clean})
+    changes = await service.store.create_many(
+        [entry for entry in clean if identity(entry) not in existing]
+    )
+    await service.registry.apply(changes)
+    created = iter(changes)
+    ids = [existing.get(identity(entry)) or next(created).id for entry in clean]
+    secrets = {c.id: c.row["secret"] for c in changes if c.row and c.row["secret"]}
+    return json_response(
+        {
+            "ids": ids,
+            "created": len(changes),
+            "skipped": len(ids) - len(changes),
+            "secrets": secrets,
+        },
+        status=201 if changes else 200,
+    )
 
 
 async def get_subscriber(request: web.Request) -> web.Response:
@@ -162,9 +204,11 @@ async def update_subscriber(request: web.Request) -> web.Response:
     subscriber_id = request.match_info["id"]
     _subscriber(service, subscriber_id)
     fields = validate_fields(await read_json_object(request), partial=True)
-    if fields and not await service.store.update(subscriber_id, fields):
-        raise _not_found(subscriber_id)
-    await service.registry.reload()
+    if fields:
+        change = await service.store.update(subscriber_id, fields)
+        if change is None:
+            raise _not_found(subscriber_id)
+        await service.registry.apply([change])
     return json_response(_subscriber(service, subscriber_id, show_secret="secret" in fields))
 
 
@@ -172,9 +216,10 @@ async def delete_subscriber(request: web.Request) -> web.Response:
     """DELETE /subscribers/{id}."""
     authenticate(request, admin=True)
     service = request.app[SERVICE]
-    if not await service.store.delete(request.match_info["id"]):
+    change = await service.store.delete(request.match_info["id"])
+    if change is None:
         raise _not_found(request.match_info["id"])
-    await service.registry.reload()
+    await service.registry.apply([change])
     return web.Response(status=204)
 
 
@@ -426,6 +471,7 @@ def create_app(service: Switchd) -> web.Application:
     app.router.add_get("/refresh", refresh)
     app.router.add_get("/subscribers", list_subscribers)
     app.router.add_post("/subscribers", create_subscriber)
+    app.router.add_post("/subscribers/import", import_subscribers)
     app.router.add_get("/subscribers/{id}", get_subscriber)
     app.router.add_patch("/subscribers/{id}", update_subscriber)
     app.router.add_delete("/subscribers/{id}", delete_subscriber)

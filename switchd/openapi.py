@@ -13,7 +13,7 @@ import orjson
 
 from switchd.event_queries import STATES, STATUSES
 from switchd.filters import MAX_EXPRESSION_LENGTH
-from switchd.http_input import MAX_ADMIN_BODY, MAX_ID_DIGITS
+from switchd.http_input import MAX_ADMIN_BODY, MAX_ID_DIGITS, MAX_IMPORT_BODY
 from switchd.idempotency import KEY_CHARS, MAX_KEY_LENGTH
 from switchd.models import ATTEMPT_KINDS
 from switchd.overview import BUCKET_SECONDS, DEFAULT_MINUTES, MAX_MINUTES, SERIES
@@ -30,7 +30,12 @@ from switchd.payload import (
     MAX_TOPIC_LENGTH,
 )
 from switchd.probe import SAMPLE_PAYLOAD
-from switchd.subscribers import MAX_DESCRIPTION_LENGTH, MAX_URL_LENGTH, SECRET_PREFIX
+from switchd.subscribers import (
+    MAX_DESCRIPTION_LENGTH,
+    MAX_IMPORT_ENTRIES,
+    MAX_URL_LENGTH,
+    SECRET_PREFIX,
+)
 
 Schema = dict[str, Any]
 
@@ -359,6 +364,29 @@ def subscriber() -> Schema:
     required = tuple(properties)
     properties["secret"] = nullable(string("The signing secret, shown once."))
     return obj(properties, required=required)
+
+
+def subscriber_imported() -> Schema:
+    """The answer to an import."""
+    count = {"type": "integer", "minimum": 0}
+    return obj(
+        {
+            "ids": {
+                "type": "array",
+                "items": string(format="uuid"),
+                "description": "One per entry, in order: the new subscriber's id, or the "
+                "existing identical one's.",
+            },
+            "created": count,
+            "skipped": count,
+            "secrets": {
+                "type": "object",
+                "additionalProperties": string(),
+                "description": "The signing secret of each created subscriber that has one, "
+                "by id; shown this once.",
+            },
+        }
+    )
 
 
 def dead_letter(with_payload: bool) -> Schema:
@@ -709,6 +737,13 @@ def schemas() -> dict[str, Schema]:
         "SubscriberCreate": obj(subscriber_fields(), required=("topic", "target_url")),
         "SubscriberUpdate": obj(subscriber_fields(), required=()),
         "SubscriberList": obj({"subscribers": {"type": "array", "items": ref("Subscriber")}}),
+        "SubscriberImport": {
+            "type": "array",
+            "items": ref("SubscriberCreate"),
+            "maxItems": MAX_IMPORT_ENTRIES,
+            "description": "New subscribers, as `switchd subscribers import` reads them.",
+        },
+        "SubscriberImported": subscriber_imported(),
         "DeadLetter": dead_letter(with_payload=False),
         "DeadLetterWithPayload": dead_letter(with_payload=True),
         "DeadLetterPage": obj(
@@ -878,6 +913,7 @@ def publish_paths() -> dict[str, Schema]:
 def subscriber_paths() -> dict[str, Schema]:
     """`/subscribers` and `/subscribers/{id}`."""
     by_id = [param("id", "path", string(), "Subscriber id.", required=True)]
+    imported = ref("SubscriberImported")
     return {
         "/subscribers": {
             "get": operation(
@@ -898,6 +934,29 @@ def subscriber_paths() -> dict[str, Schema]:
                 description=f"Unknown fields are refused (400). {ADMIN_BODY_NOTE}",
                 requestBody=body(ref("SubscriberCreate"), "The new subscriber."),
             ),
+        },
+        "/subscribers/import": {
+            "post": operation(
+                "importSubscribers",
+                "Create subscribers in bulk",
+                "subscribers",
+                "admin",
+                {
+                    "201": response("Created (some entries may be skipped).", imported),
+                    "200": response("Every entry was skipped: nothing created.", imported),
+                },
+                errors=(400, 413),
+                description=(
+                    "All or nothing: one invalid entry (400, the message names its index, "
+                    "e.g. `subscribers[3]: …`) and none is created. An entry identical in "
+                    "`topic`, `target_url` and `filter_expression` to an existing "
+                    "subscriber (enabled or not) is skipped and the existing id returned, "
+                    "so an import can be retried safely. At most "
+                    f"{MAX_IMPORT_ENTRIES} entries; body limit {MAX_IMPORT_BODY} bytes "
+                    "(413 above it)."
+                ),
+                requestBody=body(ref("SubscriberImport"), "The new subscribers."),
+            )
         },
         "/subscribers/{id}": {
             "parameters": by_id,

@@ -115,7 +115,7 @@ async def test_import_export_round_trip(db: Path, tmp_path: Path):
 
     bad = [*seed, {"topic": "c", "target_url": "not a url"}]
     failed = await cli("subscribers", "import", "-", db=db, stdin=orjson.dumps(bad))
-    assert "item 3" in one_line_error(failed)
+    assert "subscribers[2]" in one_line_error(failed)  # the JSON index of the bad entry
     with sqlite3.connect(db) as conn:  # all or nothing
         assert conn.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 2
 

@@ -143,6 +143,7 @@ async def test_every_admin_operation_refuses_publisher_tokens_and_serves_admin_o
         }
         bodies = {
             ("POST", "/subscribers"): {"topic": "t2", "target_url": sink.url("/new")},
+            ("POST", "/subscribers/import"): [{"topic": "t3", "target_url": sink.url("/in")}],
             ("PATCH", "/subscribers/{id}"): {"description": "patched"},
             ("POST", "/subscribers/{id}/test"): {"deliver": True},
             ("POST", "/dead/replay"): {"topic": "t"},

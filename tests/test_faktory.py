@@ -754,7 +754,7 @@ async def test_shutdown_puts_unfinished_jobs_back_in_faktory(
         job = await connection.fetch([queue_name])
         assert job is not None and "failure" not in job
         assert job["custom"]["event_id"] == published["event_id"]
-        assert job["custom"]["subscriber_id"] == subscriber["id"]
+        assert job["custom"]["subscriber_id"] == subscriber.id
         await connection.ack(job["jid"])
     finally:
         await connection.close()

@@ -150,6 +150,25 @@ def bad_filter(expression: str) -> Row:
     return create({"filter_expression": expression}, 400, "invalid_filter")
 
 
+NEVER_EVALUATE = [  # (filter, id): refused when saved, as they could never match anything
+    ("9**9**9", "pow-tower"),
+    ("'a' * 10**10", "string-product"),
+    ("[0] * 10**8", "list-product"),
+    ("1 << 10**6", "left-shift"),
+    ("[[[1] * 100000] * 100000] * 100000", "nested-list-bomb"),
+    ("str([[1] * 99999] * 99999)", "str-of-list-bomb"),
+    ("data['x'] == 1 or 9**9**9", "pow-behind-short-circuit"),
+    ("'%099999999d' % 1", "percent-width-100m"),
+    ("'%.99999999f' % 1.0", "percent-precision-100m"),
+    ('"{0}".format(data)', "format-method"),
+    ("'{0.__class__.__init__.__globals__}'.format(data)", "format-globals"),
+    ("str.format('{0.__class__}', data)", "str-format-via-type"),
+    ("data['body'].update({'x': 2}) or True", "mutating-update"),
+    ("'abc'.get(data['x'])", "method-of-another-type"),
+    ("data['x'] == int('x')", "constant-that-raises"),
+]
+
+
 def raw(data: bytes, status: int = 400, code: str = "bad_request") -> Row:
     return Row("RAW", "", status, code, raw=data)
 
@@ -475,6 +494,7 @@ ROWS = [
     pytest.param(bad_filter("(" * 10_000 + "1" + ")" * 10_000), id="filter-10k-parentheses"),
     pytest.param(bad_filter("1 or " * 12_000 + "1"), id="filter-60k-chars"),
     pytest.param(bad_filter("[[[[[[[[[[" * 5 + "]]]]]]]]]]" * 5), id="filter-nested-list-50"),
+    *(pytest.param(bad_filter(e), id=f"filter-{name}") for e, name in NEVER_EVALUATE),
     pytest.param(create({"filter_expression": "1 or " * 20_000 + "1"}, 413, "payload_too_large"),
                  id="filter-100k-chars"),
     # --- /dead (same input-hardening gap) -----------------------------------------------------
@@ -785,19 +805,12 @@ FORMAT_BOMB = (
 )
 
 EVALUATED = [
-    # (filter, payload body, bug)
-    pytest.param("9**9**9", {}, id="pow-tower"),
-    pytest.param("'a' * 10**8", {}, id="string-product"),
-    pytest.param("[0] * 10**8", {}, id="list-product"),
-    pytest.param("1 << 10**6", {}, id="left-shift"),
-    pytest.param("[[[1] * 100000] * 100000] * 100000", {}, id="nested-list-bomb"),
-    pytest.param("str([[1] * 99999] * 99999)", {}, id="str-of-list-bomb"),
+    # (filter, payload body); constant bombs are refused when saved (the rows above)
     pytest.param("data['body']['s'] * 10**6", {"s": "x" * 1000}, id="payload-string-product"),
-    pytest.param("'{0.__class__.__init__.__globals__}'.format(data)", {}, id="format-method"),
-    pytest.param("str.format('{0.__class__}', data)", {}, id="str-format-via-type"),
-    pytest.param("data['body'].update({'x': 2}) or True", {"x": 1}, id="mutating-update"),
-    pytest.param("'%099999999d' % 1", {}, id="percent-width-100m"),
-    pytest.param("'%.99999999f' % 1.0", {}, id="percent-precision-100m"),
+    pytest.param("data['body']['s'] ** data['body']['s']", {"s": 10**5}, id="payload-pow"),
+    pytest.param("data['body']['s'] << 10**6", {"s": 1}, id="payload-left-shift"),
+    pytest.param("[data['body']['s']] * 10**8", {"s": 1}, id="payload-list-product"),
+    pytest.param("data['body']['s'].lower()", {"s": [1]}, id="str-method-on-a-list"),
     pytest.param("data['body']['n'] % 7 == 0", {"n": "%0199999999d"},
                  id="benign-modulo-attacker-format"),
 ]  # fmt: skip
