@@ -15,9 +15,20 @@ import argparse
 import asyncio
 import statistics
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import run  # bench/run.py, beside this script
+
+
+@dataclass
+class Checkout(run.Backend):
+    """The embedded queue, served by the switchd package of another checkout."""
+
+    path: Path = Path()
+
+    def env(self) -> dict[str, str]:
+        return {"PYTHONPATH": str(self.path), "PYTHONSAFEPATH": "1"}
 
 
 async def pairs(checkouts: tuple[Path, Path], count: int, events: int) -> list[float]:
@@ -32,8 +43,8 @@ async def pairs(checkouts: tuple[Path, Path], count: int, events: int) -> list[f
                 for side in order:
                     workdir = Path(tmp) / f"{n}-{side}"
                     workdir.mkdir()
-                    env = {"PYTHONPATH": str(checkouts[side]), "PYTHONSAFEPATH": "1"}
-                    figures = await run.measure_fanout(sink, 1, events, workdir, **env)
+                    backend = Checkout("", path=checkouts[side])
+                    figures = await run.measure_fanout(sink, 1, events, workdir, backend)
                     rates[side] = figures["events_delivered_per_s"]
                 ratios.append(rates[1] / rates[0])
                 print(

@@ -1,7 +1,7 @@
 """A local HTTP sink that answers 200 to everything; prints each request unless --quiet.
 
 Used by the README's walkthrough (`make sink`) and by the benchmarks, which read how many
-requests arrived from `GET /_stats` (that path is not counted).
+requests arrived from `GET /_stats` (that path is not counted). Runs on uvloop.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 import orjson
+import uvloop
 from aiohttp import web
 
 
@@ -46,7 +47,14 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     print(f"sink listening on http://127.0.0.1:{args.port}", flush=True)
-    web.run_app(make_app(args.quiet), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    web.run_app(
+        make_app(args.quiet),
+        host="127.0.0.1",
+        port=args.port,
+        print=None,
+        access_log=None,
+        loop=uvloop.new_event_loop(),
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Two flavours:
   environment variables (``SWITCH_BASE_URL``, ``SWITCH_JWT_SECRET``), same return value
   (``True``).
 * :class:`AsyncSwitchClient` — an aiohttp client for the whole HTTP API: publishing,
-  refresh, subscribers, dead letters, endpoints, health and readiness.
+  refresh (publisher credentials), subscribers, dead letters, endpoints (admin
+  credentials), health and readiness.
 
 Failures raise :class:`SwitchError` (the server's ``{"error": {"code", "message"}}``)
 or :class:`SwitchConnectionError` (the server could not be reached).
@@ -30,7 +31,7 @@ import aiohttp
 import jwt
 
 from switchd import __version__
-from switchd.auth import ALGORITHM, mint
+from switchd.auth import ADMIN, ALGORITHM, PUBLISHER, mint
 
 BASE_URL_ENV = "SWITCH_BASE_URL"
 SECRET_ENV = "SWITCH_JWT_SECRET"
@@ -75,9 +76,16 @@ class SwitchConnectionError(SwitchError, ConnectionError):
 # --- tokens and payloads ------------------------------------------------------------
 
 
-def mint_token(secret: str, author: str, admin: bool = False, ttl: float | None = None) -> str:
-    """A switchd token for `author` (claims `author`, `iat`, optional `scope`/`exp`)."""
-    return mint(secret, author, admin=admin, ttl=ttl)
+def mint_token(
+    secret: str,
+    author: str,
+    admin: bool = False,
+    ttl: float | None = None,
+    topics: list[str] | None = None,
+) -> str:
+    """A switchd token for `author` (claims `author`, `iat`, optional `scope`/`exp`/
+    `topics`). Admin tokens need the admin secret (``SWITCH_ADMIN_JWT_SECRET``)."""
+    return mint(secret, author, admin=admin, ttl=ttl, topics=topics)
 
 
 def mint_seed_token(secret: str, author: str) -> str:
@@ -239,8 +247,16 @@ def _param(value: object) -> str:
 class AsyncSwitchClient:
     """An aiohttp client for switchd's HTTP API.
 
-    Authentication: a fixed `token`, or a `secret` from which a short-lived token for
-    `author` (with the admin scope unless ``admin=False``) is minted for each request.
+    Two kinds of credentials, each a fixed token or a secret from which a short-lived
+    token for `author` is minted for each request:
+
+    * publishing (:meth:`publish`, :meth:`refresh`): `token`, or `secret`, the
+      publishers' ``SWITCH_JWT_SECRET``;
+    * management (subscribers, dead letters): `admin_token`, or `admin_secret`,
+      ``SWITCH_ADMIN_JWT_SECRET`` (minted tokens carry the admin scope).
+
+    A call without credentials of its kind sends the other kind's (switchd accepts admin
+    tokens for publishing, and answers 403 to a publisher token on a management call).
     A `session` passed in is used and left open; otherwise the client owns one,
     closed by :meth:`close` or by leaving ``async with``.
     """
@@ -252,15 +268,14 @@ class AsyncSwitchClient:
         token: str | None = None,
         session: aiohttp.ClientSession | None = None,
         *,
+        admin_secret: str | None = None,
+        admin_token: str | None = None,
         author: str = DEFAULT_AUTHOR,
-        admin: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.base_url = (base_url or default_base_url()).rstrip("/")
-        self._secret = secret
-        self._token = token
+        self._credentials = {PUBLISHER: (token, secret), ADMIN: (admin_token, admin_secret)}
         self._author = author
-        self._admin = admin
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session = session
         self._owns_session = session is None
@@ -284,12 +299,18 @@ class AsyncSwitchClient:
 
     # -- plumbing --
 
-    def _auth_headers(self) -> dict[str, str]:
-        if self._token:
-            return {"Authorization": f"Bearer {self._token}"}
-        if self._secret:
-            token = mint(self._secret, self._author, admin=self._admin, ttl=TOKEN_TTL)
-            return {"Authorization": f"Bearer {token}"}
+    def _auth_headers(self, kind: str | None) -> dict[str, str]:
+        """The Authorization header for a call needing `kind` credentials (None: none)."""
+        if kind is None:
+            return {}
+        other = PUBLISHER if kind == ADMIN else ADMIN
+        for token_kind in (kind, other):
+            token, secret = self._credentials[token_kind]
+            if secret and not token:
+                admin = token_kind == ADMIN
+                token = mint(secret, self._author, admin=admin, ttl=TOKEN_TTL)
+            if token:
+                return {"Authorization": f"Bearer {token}"}
         return {}
 
     def _client(self) -> aiohttp.ClientSession:
@@ -306,13 +327,14 @@ class AsyncSwitchClient:
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         ok: tuple[int, ...] = (),
+        auth: str | None = ADMIN,
     ) -> Any:
-        """Call the API; the decoded JSON answer (None when empty).
+        """Call the API with `auth` credentials; the decoded JSON answer (None when empty).
 
         Statuses in `ok` are returned like 2xx instead of raising SwitchError.
         """
         url = self.base_url + path
-        all_headers = {"User-Agent": USER_AGENT, **self._auth_headers(), **(headers or {})}
+        all_headers = {"User-Agent": USER_AGENT, **self._auth_headers(auth), **(headers or {})}
         try:
             async with self._client().request(
                 method, url, json=json_body, params=params, headers=all_headers
@@ -341,17 +363,24 @@ class AsyncSwitchClient:
         """
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         body = {"topic": topic, "payload": payload_or_options}
-        return await self._request("POST", "/publish", json_body=body, headers=headers)
+        return await self._request(
+            "POST", "/publish", json_body=body, headers=headers, auth=PUBLISHER
+        )
 
     async def refresh(self) -> dict[str, Any]:
         """Make switchd reload its subscribers now; returns ``{"subscribers": count}``."""
-        return await self._request("GET", "/refresh")
+        return await self._request("GET", "/refresh", auth=PUBLISHER)
 
     # -- subscribers --
 
     async def create_subscriber(self, **fields: Any) -> dict[str, Any]:
         """Create a subscriber; the answer shows its signing secret, this once."""
         return await self._request("POST", "/subscribers", json_body=fields)
+
+    async def import_subscribers(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        """Create subscribers in bulk, all or none; entries identical to an existing
+        subscriber are skipped. Returns ``{"ids", "created", "skipped", "secrets"}``."""
+        return await self._request("POST", "/subscribers/import", json_body=entries)
 
     async def list_subscribers(self, topic: str | None = None) -> list[dict[str, Any]]:
         """Every subscriber, or those of `topic`."""
@@ -416,9 +445,9 @@ class AsyncSwitchClient:
 
     async def health(self) -> dict[str, Any]:
         """``GET /healthz``: ``{"status": "ok"}`` while the server's loop runs."""
-        return await self._request("GET", "/healthz")
+        return await self._request("GET", "/healthz", auth=None)
 
     async def ready(self) -> dict[str, Any]:
         """``GET /readyz``: ``{"status": "ready"}``, or ``{"status": "unavailable",
         "reasons": [...]}`` when switchd answers 503 (returned, not raised)."""
-        return await self._request("GET", "/readyz", ok=(503,))
+        return await self._request("GET", "/readyz", ok=(503,), auth=None)

@@ -24,6 +24,9 @@ class Settings:
     """Everything switchd reads from its environment."""
 
     jwt_secret: str
+    jwt_secret_previous: str | None = None
+    admin_jwt_secret: str | None = None  # None: the management API answers 403
+    admin_jwt_secret_previous: str | None = None
     db_name: str = "switch.db"
     faktory_url: str | None = None
     production_queue: str = "switch"
@@ -150,6 +153,21 @@ def _redact(name: str, raw: str) -> str:
 # variable -> (Settings field, parser, expected form shown on error)
 VARIABLES: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "SWITCH_JWT_SECRET": ("jwt_secret", _text, "a non-empty secret (32+ bytes advised)"),
+    "SWITCH_JWT_SECRET_PREVIOUS": (
+        "jwt_secret_previous",
+        _text,
+        "a non-empty secret: the one being rotated out",
+    ),
+    "SWITCH_ADMIN_JWT_SECRET": (
+        "admin_jwt_secret",
+        _text,
+        "a non-empty secret (32+ bytes advised), not a publisher secret",
+    ),
+    "SWITCH_ADMIN_JWT_SECRET_PREVIOUS": (
+        "admin_jwt_secret_previous",
+        _text,
+        "a non-empty secret: the admin one being rotated out",
+    ),
     "SWITCH_DB_NAME": ("db_name", _text, "a file path"),
     "FAKTORY_URL": ("faktory_url", _faktory_url, "tcp://[:password@]host:port or tcp+tls://…"),
     "SWITCH_PRODUCTION_QUEUE": ("production_queue", _text, "a queue name"),
@@ -221,10 +239,34 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     values.update(overrides)
     if "jwt_secret" not in values and not any(p.startswith("SWITCH_JWT_SECRET") for p in problems):
         problems.append("SWITCH_JWT_SECRET is required: expected a secret (32+ bytes advised)")
-    settings_problems = _cross_checks(values)
+    settings_problems = _secret_checks(values) + _cross_checks(values)
     if problems or settings_problems:
         raise ConfigError(problems + settings_problems)
     return Settings(**values)
+
+
+PUBLISHER_SECRETS = ("SWITCH_JWT_SECRET", "SWITCH_JWT_SECRET_PREVIOUS")
+ADMIN_SECRETS = ("SWITCH_ADMIN_JWT_SECRET", "SWITCH_ADMIN_JWT_SECRET_PREVIOUS")
+
+
+def _secret_checks(values: dict[str, Any]) -> list[str]:
+    """Admin secrets differ from every publisher secret (publishers hold those, so an equal
+    one would let any of them mint admin tokens); a previous admin secret needs a current."""
+    problems = []
+    for admin in ADMIN_SECRETS:
+        secret = values.get(VARIABLES[admin][0])
+        for publisher in PUBLISHER_SECRETS:
+            if secret is not None and secret == values.get(VARIABLES[publisher][0]):
+                problems.append(
+                    f"{admin} is invalid: expected a secret different from {publisher} "
+                    "(publishers hold that one and could mint admin tokens)"
+                )
+    if values.get("admin_jwt_secret_previous") and not values.get("admin_jwt_secret"):
+        problems.append(
+            "SWITCH_ADMIN_JWT_SECRET_PREVIOUS is invalid: expected SWITCH_ADMIN_JWT_SECRET "
+            "to be set too (the previous secret only bridges a rotation)"
+        )
+    return problems
 
 
 def _cross_checks(values: dict[str, Any]) -> list[str]:

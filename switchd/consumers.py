@@ -21,7 +21,8 @@ from switchd.event_log import EventLog
 from switchd.metrics import Metrics
 from switchd.models import Job, Outcome
 from switchd.queue.base import Disposition, JobQueue
-from switchd.subscribers import Registry, SubscriberStore
+from switchd.registry import Registry
+from switchd.subscribers import SubscriberStore
 
 log = structlog.get_logger("switchd.consumers")
 SETTLE_RETRY_SECONDS = 1.0
@@ -239,12 +240,10 @@ class ConsumerPool:
         """Turn the subscriber off (it answered 410); log what happened, never raise."""
         reason = "endpoint answered 410 Gone"
         try:
-            await self.store.disable(subscriber_id, reason)
+            change = await self.store.disable(subscriber_id, reason)
         except Exception as exc:
             log.error("subscriber_disable_failed", subscriber_id=subscriber_id, error=str(exc))
             return
         log.warning("subscriber_disabled", subscriber_id=subscriber_id, reason=reason)
-        try:
-            await self.registry.reload()
-        except Exception as exc:  # the change poller picks the change up within a second
-            log.warning("registry_reload_failed", error=str(exc))
+        if change is not None:
+            await self.registry.apply([change])

@@ -161,6 +161,28 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE idempotency_keys ADD COLUMN state TEXT NOT NULL DEFAULT 'done';
     """,
+    # The subscriber change log: every writer's change (the CLI's too, old ones included)
+    # gets a version, so a process applies only what changed since the version it applied.
+    """
+    CREATE TABLE subscriber_changes (
+        version INTEGER PRIMARY KEY AUTOINCREMENT,
+        subscriber_id TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    INSERT INTO meta VALUES ('subscriber_changes_pruned', 0);
+    CREATE TRIGGER subscriber_changes_ins AFTER INSERT ON subscribers BEGIN
+        INSERT INTO subscriber_changes (subscriber_id, at)
+        VALUES (NEW.id, (julianday('now') - 2440587.5) * 86400.0); END;
+    CREATE TRIGGER subscriber_changes_upd AFTER UPDATE ON subscribers BEGIN
+        INSERT INTO subscriber_changes (subscriber_id, at)
+        SELECT OLD.id, (julianday('now') - 2440587.5) * 86400.0 WHERE OLD.id IS NOT NEW.id;
+        INSERT INTO subscriber_changes (subscriber_id, at)
+        VALUES (NEW.id, (julianday('now') - 2440587.5) * 86400.0); END;
+    CREATE TRIGGER subscriber_changes_del AFTER DELETE ON subscribers BEGIN
+        INSERT INTO subscriber_changes (subscriber_id, at)
+        VALUES (OLD.id, (julianday('now') - 2440587.5) * 86400.0); END;
+    CREATE INDEX subscribers_created ON subscribers(created_at, id);
+    """,
 ]
 
 
@@ -416,6 +438,11 @@ def _execute_batch(
     """A group commit's work: its statements, then its functions; their results."""
     _execute_groups(groups, conn)
     return [work(conn) for work in works]
+
+
+def execute_rows(conn: sqlite3.Connection, sql: str, rows: list[Sequence[Any]]) -> None:
+    """On the writer's thread: run a `VALUES (?, …)` statement for many rows at once."""
+    _execute_groups([(sql, rows)], conn)
 
 
 def _execute_groups(

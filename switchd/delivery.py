@@ -33,7 +33,8 @@ from switchd.payload import (
     HTTP_METHODS,
     scalar_text,
 )
-from switchd.subscribers import SECRET_PREFIX, Registry
+from switchd.registry import Registry
+from switchd.subscribers import SECRET_PREFIX
 
 log = structlog.get_logger("switchd.delivery")
 

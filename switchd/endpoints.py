@@ -47,7 +47,7 @@ from switchd.http_client import Target
 from switchd.metrics import Metrics
 from switchd.models import Job, Outcome
 from switchd.queue.base import JobQueue
-from switchd.subscribers import Registry
+from switchd.registry import Registry
 
 log = structlog.get_logger("switchd.endpoints")
 

@@ -15,6 +15,8 @@ from typing import Any
 import simpleeval
 import structlog
 
+from switchd.filter_templates import SLOT_NAMES, Template, from_known_shape, templated
+
 log = structlog.get_logger("switchd.filters")
 
 MAX_EXPRESSION_LENGTH = 4096
@@ -165,6 +167,7 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "round": _round,
 }
 NAMES = ("data", "True", "False", "None")
+ATTRIBUTE_NAMES = frozenset().union(*ALLOWED_ATTRS.values())
 
 
 class _Evaluator(simpleeval.EvalWithCompoundTypes):
@@ -183,12 +186,14 @@ class _Evaluator(simpleeval.EvalWithCompoundTypes):
         return
 
 
-@dataclass
+@dataclass(slots=True)
 class CompiledFilter:
-    """A checked expression ready for repeated evaluation."""
+    """A checked expression ready for repeated evaluation: a template shared by the
+    filters of the same shape, and this filter's constants (see filter_templates)."""
 
     source: str
-    tree: ast.expr | None  # None: matches everything
+    template: Template | None  # None: matches everything
+    constants: tuple[Any, ...] = ()
     errors: int = 0
     on_error: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
@@ -211,11 +216,13 @@ class CompiledFilter:
             return False, f"{type(exc).__name__}: {exc}"
 
     def _evaluate(self, evaluator: _Evaluator, data: dict[str, Any]) -> bool:
-        if self.tree is None:
+        if self.template is None:
             return True
-        evaluator.names = {"data": data, "True": True, "False": False, "None": None}
+        names = dict(zip(SLOT_NAMES, self.constants, strict=False))
+        names["data"] = data
+        evaluator.names = names
         try:
-            return bool(evaluator.eval(self.source, previously_parsed=self.tree))
+            return bool(evaluator.eval(self.source, previously_parsed=self.template.tree))
         finally:
             evaluator.names = {}
 
@@ -224,12 +231,18 @@ _SHARED = _Evaluator()  # evaluation is synchronous, so one evaluator serves eve
 
 
 def compile_filter(expression: str | None) -> CompiledFilter:
-    """Parse and check an expression; raise FilterError naming the problem."""
+    """Parse and check an expression; raise FilterError naming the problem.
+
+    Constant parts are evaluated now (and replaced by their value when it is small): one
+    that fails, e.g. `9**9**9`, would fail on every event, so the filter is refused."""
     source = (expression or "").strip()
     if source.lower() in MATCH_ALL:
-        return CompiledFilter(source=source or "True", tree=None)
+        return CompiledFilter(source=source or "True", template=None)
     if len(source) > MAX_EXPRESSION_LENGTH:
         raise FilterError(f"expression longer than {MAX_EXPRESSION_LENGTH} characters")
+    known = from_known_shape(source)
+    if known is not None:
+        return CompiledFilter(source, *known)
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as exc:
@@ -237,7 +250,13 @@ def compile_filter(expression: str | None) -> CompiledFilter:
     except (ValueError, RecursionError, MemoryError) as exc:
         raise FilterError("expression cannot be parsed") from exc
     _check_tree(tree)
-    return CompiledFilter(source=source, tree=tree.body)
+    return CompiledFilter(source, *templated(_fold(tree.body, source), source))
+
+
+def never_matching(source: str) -> CompiledFilter:
+    """A stand-in for a stored filter that no longer compiles: it matches nothing."""
+    false = compile_filter("False")
+    return CompiledFilter(source, false.template, false.constants)
 
 
 @dataclass(frozen=True)
@@ -280,8 +299,13 @@ def _check_node(node: ast.AST) -> None:
         raise FilterError(f"{type(node).__name__} is not allowed in a filter")
     if isinstance(node, ast.Name) and node.id not in NAMES and node.id not in HELPERS:
         raise FilterError(f"unknown name {node.id!r}: only 'data' and helpers are available")
-    if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
-        raise FilterError(f"attribute {node.attr!r} is not allowed")
+    if isinstance(node, ast.Attribute) and node.attr not in ATTRIBUTE_NAMES:
+        raise FilterError(
+            f"attribute {node.attr!r} is not allowed: filters may use only the read-only "
+            "methods of strings, dicts, lists and tuples, and .real/.imag of numbers"
+        )
+    if isinstance(node, ast.Attribute) and _names_a_helper(node.value):
+        raise FilterError(f"{node.value.id!r} has no attributes a filter may use")
     if isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name | ast.Attribute):
             raise FilterError("only helper functions and methods may be called")
@@ -289,3 +313,78 @@ def _check_node(node: ast.AST) -> None:
             raise FilterError("argument unpacking is not allowed")
     if isinstance(node, ast.Constant) and isinstance(node.value, bytes):
         raise FilterError("bytes literals are not allowed")
+
+
+def _names_a_helper(node: ast.AST) -> bool:
+    return isinstance(node, ast.Name) and node.id != "data"
+
+
+# --- constant folding ---------------------------------------------------------------------
+
+FOLDABLE = (
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.BoolOp,
+    ast.Compare,
+    ast.IfExp,
+    ast.Call,
+    ast.Subscript,
+    ast.Attribute,
+    ast.List,
+    ast.Tuple,
+    ast.Set,
+    ast.Dict,
+)
+MAX_FOLDED_LENGTH = 256  # a folded string longer than this stays an expression
+
+
+def _fold(body: ast.expr, source: str) -> ast.expr:
+    """Evaluate every largest sub-expression that does not read `data`; FilterError if
+    one fails. A small scalar result replaces the sub-expression."""
+    readers = _data_readers(body)
+
+    def fold(node: ast.AST, call_target: bool = False) -> ast.AST:
+        if isinstance(node, FOLDABLE) and id(node) not in readers:
+            value = _constant_value(node, source)
+            if not call_target and _small(value):
+                return ast.copy_location(ast.Constant(value=value), node)
+            if not call_target:
+                return node  # it evaluates; its own constants become slots
+        for name, child in ast.iter_fields(node):
+            if isinstance(child, ast.AST):
+                setattr(node, name, fold(child, isinstance(node, ast.Call) and name == "func"))
+            elif isinstance(child, list):
+                setattr(node, name, [fold(c) if isinstance(c, ast.AST) else c for c in child])
+        return node
+
+    return fold(body)  # type: ignore[return-value]
+
+
+def _data_readers(tree: ast.AST) -> set[int]:
+    """The ids of the nodes whose sub-tree names `data`."""
+    readers: set[int] = set()
+
+    def visit(node: ast.AST) -> bool:
+        reads = isinstance(node, ast.Name) and node.id == "data"
+        for child in ast.iter_child_nodes(node):
+            reads = visit(child) or reads
+        if reads:
+            readers.add(id(node))
+        return reads
+
+    visit(tree)
+    return readers
+
+
+def _constant_value(node: ast.AST, source: str) -> Any:
+    try:
+        return _SHARED.eval(source, previously_parsed=node)
+    except Exception as exc:
+        part = ast.get_source_segment(source, node) or ast.unparse(node)
+        raise FilterError(f"{part!r} can never be evaluated: {type(exc).__name__}: {exc}") from exc
+
+
+def _small(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_FOLDED_LENGTH
+    return value is None or isinstance(value, bool | int | float | complex)

@@ -10,27 +10,51 @@ import structlog
 from aiohttp import web
 
 from switchd import __version__
-from switchd.auth import AuthError, Principal, bearer_token
+from switchd.auth import PUBLISHER, AuthError, Principal, bearer_token
 from switchd.dead_letters import DeadFilter, ReplayRefused
 from switchd.errors import ApiError, InvalidInput
 from switchd.event_queries import STATUSES, EventFilter
 from switchd.filters import check_filter
-from switchd.http_input import MAX_ADMIN_BODY, parse_id, read_body, read_json_object
+from switchd.http_input import (
+    MAX_ADMIN_BODY,
+    MAX_IMPORT_BODY,
+    parse_id,
+    read_body,
+    read_json_object,
+)
 from switchd.idempotency import Claim, fingerprint, validate_key
 from switchd.metrics import CONTENT_TYPE
 from switchd.openapi import document
 from switchd.overview import DEFAULT_MINUTES, MAX_MINUTES, overview
 from switchd.pagination import DEFAULT_PAGE
-from switchd.payload import load_json_object, parse_publish, validate_payload
+from switchd.payload import load_json, load_json_object, parse_publish, validate_payload
 from switchd.probe import evaluate, parse_request, send_test
 from switchd.queue.base import QueueUnavailable
 from switchd.service import Switchd
-from switchd.subscribers import Subscriber, validate_fields
+from switchd.subscribers import (
+    MAX_IMPORT_ENTRIES,
+    Subscriber,
+    identity,
+    validate_fields,
+    validate_import,
+)
 from switchd.web_console import add_routes as add_console_routes
 
 log = structlog.get_logger("switchd.http")
 SERVICE: web.AppKey[Switchd] = web.AppKey("switchd", Switchd)
 NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")  # use with fullmatch
+ADMIN_NOT_CONFIGURED = (
+    "the management API is disabled: SWITCH_ADMIN_JWT_SECRET is not set on this server "
+    "(set it, different from SWITCH_JWT_SECRET, and restart switchd)"
+)
+ADMIN_HOW = (
+    "management endpoints need a token signed with SWITCH_ADMIN_JWT_SECRET whose 'scope' "
+    "holds 'admin'"
+)
+PUBLISHER_NOT_ADMIN = (
+    f"publisher tokens (signed with SWITCH_JWT_SECRET) never grant admin access: {ADMIN_HOW}"
+)
+NO_ADMIN_SCOPE = "this endpoint needs a token with the 'admin' scope"
 
 
 def json_response(
@@ -71,15 +95,18 @@ def _allow(exc: web.HTTPException) -> dict[str, str]:
 
 
 def authenticate(request: web.Request, admin: bool = False) -> Principal:
-    """The caller's principal; 401 without a valid token, 403 without the admin scope."""
+    """The caller's principal; 401 without a valid token. With `admin`: 403 when no admin
+    secret is configured or the token is not an admin token (see switchd.auth)."""
+    tokens = request.app[SERVICE].tokens
+    if admin and not tokens.admin_configured:
+        raise ApiError(403, "admin_not_configured", ADMIN_NOT_CONFIGURED)
     try:
-        principal = request.app[SERVICE].tokens.verify(
-            bearer_token(request.headers.get("Authorization"))
-        )
+        principal = tokens.verify(bearer_token(request.headers.get("Authorization")))
     except AuthError as exc:
         raise ApiError(401, "unauthorized", exc.reason) from exc
     if admin and not principal.admin:
-        raise ApiError(403, "forbidden", "this endpoint needs a token with the 'admin' scope")
+        refusal = PUBLISHER_NOT_ADMIN if principal.kind == PUBLISHER else NO_ADMIN_SCOPE
+        raise ApiError(403, "forbidden", refusal)
     return principal
 
 
@@ -88,6 +115,10 @@ async def publish(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     principal = authenticate(request)
     topic, payload = parse_publish(await read_body(request, service.settings.max_payload_bytes))
+    if not principal.may_publish(topic):
+        raise ApiError(
+            403, "topic_not_allowed", f"this token's 'topics' claim does not allow {topic!r}"
+        )
     key = request.headers.get("Idempotency-Key")
     try:
         if key is None:
@@ -105,7 +136,7 @@ async def publish(request: web.Request) -> web.Response:
 
 
 async def refresh(request: web.Request) -> web.Response:
-    """GET /refresh: reload subscribers now."""
+    """GET /refresh: reload subscribers now (any valid token; `topics` does not matter)."""
     authenticate(request)
     count = await request.app[SERVICE].registry.reload()
     return json_response({"subscribers": count})
@@ -125,9 +156,39 @@ async def create_subscriber(request: web.Request) -> web.Response:
     authenticate(request, admin=True)
     service = request.app[SERVICE]
     fields = validate_fields(await read_json_object(request), partial=False)
-    row = await service.store.create(fields)
-    await service.registry.reload()
-    return json_response(_subscriber(service, row["id"], show_secret=True), status=201)
+    change = await service.store.create(fields)
+    await service.registry.apply([change])
+    return json_response(_subscriber(service, change.id, show_secret=True), status=201)
+
+
+async def import_subscribers(request: web.Request) -> web.Response:
+    """POST /subscribers/import: a JSON list of new subscribers, created all or none;
+    entries identical (topic, URL, filter) to an existing subscriber are skipped."""
+    authenticate(request, admin=True)
+    service = request.app[SERVICE]
+    entries = load_json(await read_body(request, MAX_IMPORT_BODY))
+    if not isinstance(entries, list):
+        raise InvalidInput("body must be a JSON list of subscribers", "invalid_json")
+    if len(entries) > MAX_IMPORT_ENTRIES:
+        raise InvalidInput(f"at most {MAX_IMPORT_ENTRIES} subscribers per import")
+    clean = await validate_import(entries)
+    existing = await service.registry.identical({identity(entry) for entry in clean})
+    changes = await service.store.create_many(
+        [entry for entry in clean if identity(entry) not in existing]
+    )
+    await service.registry.apply(changes)
+    created = iter(changes)
+    ids = [existing.get(identity(entry)) or next(created).id for entry in clean]
+    secrets = {c.id: c.row["secret"] for c in changes if c.row and c.row["secret"]}
+    return json_response(
+        {
+            "ids": ids,
+            "created": len(changes),
+            "skipped": len(ids) - len(changes),
+            "secrets": secrets,
+        },
+        status=201 if changes else 200,
+    )
 
 
 async def get_subscriber(request: web.Request) -> web.Response:
@@ -146,9 +207,11 @@ async def update_subscriber(request: web.Request) -> web.Response:
     subscriber_id = request.match_info["id"]
     _subscriber(service, subscriber_id)
     fields = validate_fields(await read_json_object(request), partial=True)
-    if fields and not await service.store.update(subscriber_id, fields):
-        raise _not_found(subscriber_id)
-    await service.registry.reload()
+    if fields:
+        change = await service.store.update(subscriber_id, fields)
+        if change is None:
+            raise _not_found(subscriber_id)
+        await service.registry.apply([change])
     return json_response(_subscriber(service, subscriber_id, show_secret="secret" in fields))
 
 
@@ -156,9 +219,10 @@ async def delete_subscriber(request: web.Request) -> web.Response:
     """DELETE /subscribers/{id}."""
     authenticate(request, admin=True)
     service = request.app[SERVICE]
-    if not await service.store.delete(request.match_info["id"]):
+    change = await service.store.delete(request.match_info["id"])
+    if change is None:
         raise _not_found(request.match_info["id"])
-    await service.registry.reload()
+    await service.registry.apply([change])
     return web.Response(status=204)
 
 
@@ -394,6 +458,13 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready", "queue": queue})
 
 
+async def auth_status(request: web.Request) -> web.Response:
+    """GET /auth (no auth): whether admin tokens are accepted; the console's sign-in reads it."""
+    configured = request.app[SERVICE].tokens.admin_configured
+    message = ADMIN_HOW if configured else ADMIN_NOT_CONFIGURED
+    return json_response({"admin_configured": configured, "message": message})
+
+
 async def openapi_json(request: web.Request) -> web.Response:
     """GET /openapi.json: the OpenAPI document of this API (no auth)."""
     return json_response(document(__version__))
@@ -409,6 +480,7 @@ def create_app(service: Switchd) -> web.Application:
     app.router.add_get("/refresh", refresh)
     app.router.add_get("/subscribers", list_subscribers)
     app.router.add_post("/subscribers", create_subscriber)
+    app.router.add_post("/subscribers/import", import_subscribers)
     app.router.add_get("/subscribers/{id}", get_subscriber)
     app.router.add_patch("/subscribers/{id}", update_subscriber)
     app.router.add_delete("/subscribers/{id}", delete_subscriber)
@@ -428,5 +500,6 @@ def create_app(service: Switchd) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/auth", auth_status)
     add_console_routes(app)
     return app

@@ -14,6 +14,7 @@ from switchd.errors import ApiError, InvalidInput
 from switchd.payload import load_json_object
 
 MAX_ADMIN_BODY = 64 * 1024
+MAX_IMPORT_BODY = 4 * 1024 * 1024  # POST /subscribers/import: 10,000 entries of ~400 bytes
 READ_CHUNK = 64 * 1024
 MAX_ID_DIGITS = 18  # numeric ids and cursors: every such number fits SQLite's 64-bit integers
 

@@ -14,7 +14,7 @@ import orjson
 from switchd.endpoints import CIRCUITS
 from switchd.event_queries import STATES, STATUSES
 from switchd.filters import MAX_EXPRESSION_LENGTH
-from switchd.http_input import MAX_ADMIN_BODY, MAX_ID_DIGITS
+from switchd.http_input import MAX_ADMIN_BODY, MAX_ID_DIGITS, MAX_IMPORT_BODY
 from switchd.idempotency import KEY_CHARS, MAX_KEY_LENGTH
 from switchd.models import ATTEMPT_KINDS
 from switchd.overview import BUCKET_SECONDS, DEFAULT_MINUTES, MAX_MINUTES, SERIES
@@ -31,7 +31,12 @@ from switchd.payload import (
     MAX_TOPIC_LENGTH,
 )
 from switchd.probe import SAMPLE_PAYLOAD
-from switchd.subscribers import MAX_DESCRIPTION_LENGTH, MAX_URL_LENGTH, SECRET_PREFIX
+from switchd.subscribers import (
+    MAX_DESCRIPTION_LENGTH,
+    MAX_IMPORT_ENTRIES,
+    MAX_URL_LENGTH,
+    SECRET_PREFIX,
+)
 
 Schema = dict[str, Any]
 
@@ -39,19 +44,39 @@ NO_CONTROL_CHARS = f"^[^{CONTROL_RANGES}]*$"
 NO_CONTROL_CHARS_BUT_TAB = f"^[^{CONTROL_RANGES_BUT_TAB}]*$"
 OUTCOMES = ATTEMPT_KINDS  # of one HTTP attempt
 
-ADMIN_NOTE = "**Admin only**: needs a token whose `scope` claim holds `admin` (403 otherwise)."
-ANY_TOKEN_NOTE = "Any valid token (the seed SDKs' tokens, with only an `Author` claim, work)."
+ADMIN_NOTE = (
+    "**Admin only**: needs an admin token (signed with `SWITCH_ADMIN_JWT_SECRET`, `scope` "
+    "holding `admin`); 403 for any other valid token, and for every call while that "
+    "variable is unset."
+)
+ANY_TOKEN_NOTE = (
+    "A publisher token (the seed SDKs' tokens, with only an `Author` claim, work) or an "
+    "admin token."
+)
+SECURITY = {  # operation() `auth` -> the schemes that satisfy it (any one of them)
+    None: [],
+    "token": [{"publisherToken": []}, {"adminToken": []}],
+    "admin": [{"adminToken": []}],
+}
 ADMIN_BODY_NOTE = f"Body limit {MAX_ADMIN_BODY} bytes (413 above it)."
 
 INTRO = """\
 switchd accepts events published on a topic and delivers each one durably over HTTP to
 every enabled subscriber of that topic whose filter matches.
 
-**Auth**: `Authorization: Bearer <JWT>` (the scheme is case-insensitive), HS256 signed with
-`SWITCH_JWT_SECRET`; `exp`/`nbf` are checked when present; the author is the claim
-`author` or `Author`. Management endpoints need a token whose `scope` claim (a
-space-separated string or a list) holds `admin`. A missing or invalid token gets 401 with
-`WWW-Authenticate: Bearer`; a valid token without the admin scope gets 403.
+**Auth**: `Authorization: Bearer <JWT>` (the scheme is case-insensitive), HS256; `exp`/`nbf`
+are checked when present; the author is the claim `author` or `Author`. Two kinds of
+token (see `securitySchemes`): *publisher tokens*, signed with `SWITCH_JWT_SECRET`, may
+publish and refresh, and never manage, whatever their claims; *admin tokens*, signed with
+the separate `SWITCH_ADMIN_JWT_SECRET` and whose `scope` claim (a space-separated string
+or a list) holds `admin`, may do everything. While `SWITCH_ADMIN_JWT_SECRET` is unset,
+every management operation answers 403 `admin_not_configured` (`GET /auth` says so
+without a token). During a rotation, tokens signed with `SWITCH_JWT_SECRET_PREVIOUS` /
+`SWITCH_ADMIN_JWT_SECRET_PREVIOUS` verify too. An optional `topics` claim (a list of
+topic names or `prefix.*` patterns) limits where a token may publish; it is not a list
+of strings (or holds an invalid entry): the token is invalid. A missing or invalid token
+gets 401 with `WWW-Authenticate: Bearer`; a valid token that may not do what it asks
+gets 403.
 
 **Errors** are always JSON: `{"error": {"code": "...", "message": "..."}}`. An unknown
 path gets 404 `not_found`; a method a path does not support gets 405
@@ -161,7 +186,8 @@ def operation(
     description: str = "",
     **extra: Any,
 ) -> Schema:
-    """An operation; `auth` is None, "token" or "admin" and adds the 401/403 answers."""
+    """An operation; `auth` is None, "token" (either kind) or "admin" and adds the 401/403
+    answers."""
     notes = {None: "No authentication.", "token": ANY_TOKEN_NOTE, "admin": ADMIN_NOTE}[auth]
     statuses = {*errors, 500}
     if auth:
@@ -173,7 +199,7 @@ def operation(
         "summary": summary,
         "description": f"{description}\n\n{notes}".strip(),
         "tags": [tag],
-        "security": [{"bearerAuth": []}] if auth else [],
+        "security": SECURITY[auth],
         **extra,
         "responses": {
             **responses,
@@ -369,6 +395,29 @@ def endpoint() -> Schema:
         },
         description="Endpoint isolation: an adaptive in-flight limit, pauses and a circuit "
         "breaker per target origin.",
+    )
+
+
+def subscriber_imported() -> Schema:
+    """The answer to an import."""
+    count = {"type": "integer", "minimum": 0}
+    return obj(
+        {
+            "ids": {
+                "type": "array",
+                "items": string(format="uuid"),
+                "description": "One per entry, in order: the new subscriber's id, or the "
+                "existing identical one's.",
+            },
+            "created": count,
+            "skipped": count,
+            "secrets": {
+                "type": "object",
+                "additionalProperties": string(),
+                "description": "The signing secret of each created subscriber that has one, "
+                "by id; shown this once.",
+            },
+        }
     )
 
 
@@ -737,6 +786,13 @@ def schemas() -> dict[str, Schema]:
                 },
             }
         ),
+        "SubscriberImport": {
+            "type": "array",
+            "items": ref("SubscriberCreate"),
+            "maxItems": MAX_IMPORT_ENTRIES,
+            "description": "New subscribers, as `switchd subscribers import` reads them.",
+        },
+        "SubscriberImported": subscriber_imported(),
         "DeadLetter": dead_letter(with_payload=False),
         "DeadLetterWithPayload": dead_letter(with_payload=True),
         "DeadLetterPage": obj(
@@ -767,6 +823,15 @@ def schemas() -> dict[str, Schema]:
         "FilterCheckResult": filter_check_result(),
         "Overview": overview(),
         "Health": status_body("ok"),
+        "AuthStatus": obj(
+            {
+                "admin_configured": {
+                    "type": "boolean",
+                    "description": "Whether `SWITCH_ADMIN_JWT_SECRET` is set.",
+                },
+                "message": string("What management calls need, or why they are refused."),
+            }
+        ),
         "Readiness": status_body("ready", "unavailable", reasons=True),
     }
 
@@ -791,7 +856,16 @@ def error_responses() -> dict[str, Schema]:
             ("unauthorized",),
             **{"WWW-Authenticate": header("Always `Bearer`.", string(enum=["Bearer"]), True)},
         ),
-        "403": error_response("The token lacks the `admin` scope.", ("forbidden",)),
+        "403": error_response(
+            "Not an admin token (a publisher token, or no `admin` scope), or "
+            "`SWITCH_ADMIN_JWT_SECRET` is unset on this server; nothing was changed.",
+            ("forbidden", "admin_not_configured"),
+        ),
+        "403Topic": error_response(
+            "The token's `topics` claim does not allow this topic; nothing was stored (no "
+            "job, no delivery-log entry, no Idempotency-Key).",
+            ("topic_not_allowed",),
+        ),
         "404": error_response("No such resource.", ("not_found",)),
         "405": error_response(
             "The path does not support this method.",
@@ -827,6 +901,7 @@ def publish_paths() -> dict[str, Schema]:
                 "publishing",
                 "token",
                 {
+                    "403": ref("403Topic", "responses"),
                     "202": response(
                         "Accepted: every job is durably stored.",
                         ref("PublishAccepted"),
@@ -837,13 +912,17 @@ def publish_paths() -> dict[str, Schema]:
                                 string(enum=["true"]),
                             )
                         },
-                    )
+                    ),
                 },
                 errors=(400, 413, 422, 503),
                 description=(
                     "Matches the topic's enabled subscribers and stores one delivery job "
                     "each. Content-Type is not required. The body limit is "
-                    "`SWITCH_MAX_PAYLOAD_BYTES` (default 1 MiB; 413 above it)."
+                    "`SWITCH_MAX_PAYLOAD_BYTES` (default 1 MiB; 413 above it). A token "
+                    "with a `topics` claim may publish only to the topics it lists: an "
+                    "exact name, or `prefix.*`, which matches `prefix.` followed by at "
+                    "least one character (`orders.*` matches `orders.created`, not "
+                    "`orders` nor `ordersX`); 403 `topic_not_allowed` otherwise."
                 ),
                 parameters=[
                     param(
@@ -868,7 +947,8 @@ def publish_paths() -> dict[str, Schema]:
                 "Reload subscribers now",
                 "publishing",
                 "token",
-                {
+                description="A `topics` claim does not matter here.",
+                responses={
                     "200": response(
                         "The number of subscribers loaded.",
                         obj({"subscribers": {"type": "integer", "minimum": 0}}),
@@ -882,6 +962,7 @@ def publish_paths() -> dict[str, Schema]:
 def subscriber_paths() -> dict[str, Schema]:
     """`/subscribers` and `/subscribers/{id}`."""
     by_id = [param("id", "path", string(), "Subscriber id.", required=True)]
+    imported = ref("SubscriberImported")
     return {
         "/subscribers": {
             "get": operation(
@@ -902,6 +983,29 @@ def subscriber_paths() -> dict[str, Schema]:
                 description=f"Unknown fields are refused (400). {ADMIN_BODY_NOTE}",
                 requestBody=body(ref("SubscriberCreate"), "The new subscriber."),
             ),
+        },
+        "/subscribers/import": {
+            "post": operation(
+                "importSubscribers",
+                "Create subscribers in bulk",
+                "subscribers",
+                "admin",
+                {
+                    "201": response("Created (some entries may be skipped).", imported),
+                    "200": response("Every entry was skipped: nothing created.", imported),
+                },
+                errors=(400, 413),
+                description=(
+                    "All or nothing: one invalid entry (400, the message names its index, "
+                    "e.g. `subscribers[3]: …`) and none is created. An entry identical in "
+                    "`topic`, `target_url` and `filter_expression` to an existing "
+                    "subscriber (enabled or not) is skipped and the existing id returned, "
+                    "so an import can be retried safely. At most "
+                    f"{MAX_IMPORT_ENTRIES} entries; body limit {MAX_IMPORT_BODY} bytes "
+                    "(413 above it)."
+                ),
+                requestBody=body(ref("SubscriberImport"), "The new subscribers."),
+            )
         },
         "/subscribers/{id}": {
             "parameters": by_id,
@@ -1228,6 +1332,20 @@ def operations_paths() -> dict[str, Schema]:
                 },
             )
         },
+        "/auth": {
+            "get": operation(
+                "authStatus",
+                "Which tokens this server accepts",
+                "operations",
+                None,
+                {"200": response("Whether admin tokens are configured.", ref("AuthStatus"))},
+                description=(
+                    "`admin_configured` is false while `SWITCH_ADMIN_JWT_SECRET` is unset "
+                    "(then every management operation answers 403); `message` says what "
+                    "to do. The console's sign-in screen reads it."
+                ),
+            )
+        },
         "/openapi.json": {
             "get": operation(
                 "openapi",
@@ -1266,13 +1384,22 @@ def document(version: str) -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {
-                "bearerAuth": {
+                "publisherToken": {
                     "type": "http",
                     "scheme": "bearer",
                     "bearerFormat": "JWT",
-                    "description": "HS256 JWT with an `author` (or `Author`) claim; "
-                    "`scope` holding `admin` for management endpoints.",
-                }
+                    "description": "HS256 JWT signed with `SWITCH_JWT_SECRET` (or "
+                    "`SWITCH_JWT_SECRET_PREVIOUS`) with an `author` (or `Author`) claim and "
+                    "an optional `topics` claim. Never an admin token, whatever its claims.",
+                },
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "HS256 JWT signed with `SWITCH_ADMIN_JWT_SECRET` (or "
+                    "`SWITCH_ADMIN_JWT_SECRET_PREVIOUS`) with an `author` (or `Author`) "
+                    "claim and a `scope` holding `admin`.",
+                },
             },
             "schemas": schemas(),
             "responses": error_responses(),

@@ -32,13 +32,19 @@ DIGITS_AS_ZEROS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))  # for 
 LONG_DIGIT_RUN = b"0" * 19
 
 
-def load_json_object(raw: bytes) -> dict[str, Any]:
-    """A request body that must be one JSON object."""
+def load_json(raw: bytes) -> Any:
+    """A request body's JSON document."""
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}", "invalid_json") from exc
     _refuse_inexact_integers(raw, "invalid_json")
+    return document
+
+
+def load_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object."""
+    document = load_json(raw)
     if not isinstance(document, dict):
         raise InvalidInput("body must be a JSON object", "invalid_json")
     return document

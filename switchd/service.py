@@ -27,10 +27,14 @@ from switchd.queue.base import JobQueue, QueueUnavailable
 from switchd.queue.faktory import FaktoryQueue
 from switchd.queue.fallback import FallbackQueue
 from switchd.queue.local import LocalQueue
-from switchd.subscribers import Registry, Subscriber, SubscriberStore
+from switchd.registry import Registry
+from switchd.subscribers import Subscriber, SubscriberStore
 
 log = structlog.get_logger("switchd.service")
-RELOAD_POLL_SECONDS = 1.0
+CHANGES_POLL_SECONDS = 1.0  # other writers' subscriber changes are applied this often
+# Subscriber changes older than this leave the change log (checked as often); a process
+# that has not read the log for longer reloads every subscriber instead.
+CHANGE_LOG_SECONDS = 60.0
 PURGE_SECONDS = 600.0
 CHECKPOINT_SECONDS = 1.0  # write-ahead log copied into the database off the commit path
 WRITE_PROBE_QUIET_SECONDS = 5.0  # readiness probes a write when none committed lately
@@ -44,7 +48,10 @@ class Switchd:
         self.db = Database(settings.db_name)
         self.store = SubscriberStore(self.db)
         self.metrics = Metrics()
-        self.tokens = TokenVerifier(settings.jwt_secret)
+        self.tokens = TokenVerifier(
+            (settings.jwt_secret, settings.jwt_secret_previous),
+            (settings.admin_jwt_secret, settings.admin_jwt_secret_previous),
+        )
         self.registry = Registry(self.store, self.metrics.filter_errors.inc)
         self.local_queue = LocalQueue(self.db, settings)
         self.faktory_queue: FallbackQueue | None = None
@@ -88,7 +95,8 @@ class Switchd:
         )
         self.consumers.start()
         self._background = [
-            asyncio.create_task(_every(RELOAD_POLL_SECONDS, self._reload_if_changed)),
+            asyncio.create_task(_every(CHANGES_POLL_SECONDS, self._apply_changes)),
+            asyncio.create_task(_every(CHANGE_LOG_SECONDS, self._prune_changes)),
             asyncio.create_task(_every(PURGE_SECONDS, self._purge)),
             asyncio.create_task(_every(CHECKPOINT_SECONDS, self.db.checkpoint)),
             asyncio.create_task(self.event_log.run()),
@@ -225,9 +233,13 @@ class Switchd:
             reasons.append(queue_problem)
         return reasons
 
-    async def _reload_if_changed(self) -> None:
-        if await self.registry.reload_if_changed():
-            log.info("subscribers_reloaded", count=len(self.registry.by_id))
+    async def _apply_changes(self) -> None:
+        applied = await self.registry.catch_up()
+        if applied:
+            log.info("subscriber_changes_applied", changes=applied, version=self.registry.version)
+
+    async def _prune_changes(self) -> None:
+        await self.store.prune_changes(time.time() - CHANGE_LOG_SECONDS)
 
     async def replay(self, records: list[dict[str, Any]], strict: bool = False) -> int:
         """Enqueue dead letters again (see dead_letters.replay)."""

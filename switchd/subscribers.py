@@ -1,24 +1,29 @@
-"""Subscribers: validation, storage, and the in-memory topic index used at publish time."""
+"""Subscribers: validation, and storage with a change log.
+
+Every store write reports the `Change` it made: the row as it stands at a version of the
+change log (or its removal). Triggers record every writer's changes in that log, the
+CLI's and other processes' too, so a reader can ask for what changed since a version
+(see registry.py, which keeps the in-memory registry up to date from these changes).
+"""
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import base64
 import binascii
 import secrets
+import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
 
-from switchd.db import Database
+from switchd.db import Database, execute_rows
 from switchd.errors import InvalidInput
-from switchd.filter_index import TopicIndex
 from switchd.filters import CompiledFilter, FilterError, compile_filter
 from switchd.payload import CONTROL_CHARS, validate_topic
 
@@ -27,14 +32,36 @@ log = structlog.get_logger("switchd.subscribers")
 SECRET_PREFIX = "whsec_"
 MAX_URL_LENGTH = 2048
 MAX_DESCRIPTION_LENGTH = 1000
-COLUMNS = (
-    "id, topic, target_url, filter_expression, enabled, disabled_reason, secret, "
-    "description, created_at, updated_at"
+COLUMN_NAMES = (
+    "id",
+    "topic",
+    "target_url",
+    "filter_expression",
+    "enabled",
+    "disabled_reason",
+    "secret",
+    "description",
+    "created_at",
+    "updated_at",
 )
+COLUMNS = ", ".join(COLUMN_NAMES)
 EDITABLE = ("topic", "target_url", "filter_expression", "enabled", "secret", "description")
+MAX_IMPORT_ENTRIES = 10_000  # per POST /subscribers/import
+SLICE_SECONDS = 0.001  # the longest a long task (a reload, an import) holds the event loop
+Identity = tuple[str, str, str]  # topic, target_url, filter_expression
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A subscriber change as a store reports it: the row as it stands at `version`, or
+    None when the subscriber is gone. Versions grow with every change by any writer."""
+
+    version: int
+    id: str
+    row: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Subscriber:
     """A subscriber as stored, with its filter compiled."""
 
@@ -49,6 +76,12 @@ class Subscriber:
     created_at: float
     updated_at: float
     compiled: CompiledFilter = field(compare=False, repr=False)
+    version: int = field(default=0, compare=False, repr=False)  # of the change it reflects
+
+    @property
+    def order(self) -> tuple[float, str]:
+        """Where it comes in lists and matches: oldest first, then by id."""
+        return (self.created_at, self.id)
 
     def public(self, show_secret: bool = False) -> dict[str, Any]:
         """The API representation; the secret only when asked (on create or rotation)."""
@@ -139,6 +172,33 @@ def validate_fields(fields: dict[str, Any], partial: bool) -> dict[str, Any]:
     return clean
 
 
+def validate_import_entry(index: int, entry: object) -> dict[str, Any]:
+    """One entry of an import list (`switchd subscribers import`, POST
+    /subscribers/import), validated as a new subscriber; InvalidInput names its index."""
+    try:
+        if not isinstance(entry, dict):
+            raise InvalidInput("not a JSON object")
+        return validate_fields(entry, partial=False)
+    except InvalidInput as exc:
+        raise InvalidInput(f"subscribers[{index}]: {exc.message}", exc.code) from exc
+
+
+async def validate_import(entries: list[Any]) -> list[dict[str, Any]]:
+    """Every entry of an import validated (validate_import_entry), giving the event loop
+    a turn now and then: 10,000 filters take a while to compile."""
+    clean = []
+    slicer = Slicer()
+    for index, entry in enumerate(entries):
+        clean.append(validate_import_entry(index, entry))
+        await slicer.tick()
+    return clean
+
+
+def identity(fields: Mapping[str, Any]) -> Identity:
+    """What makes two subscribers identical for an import: topic, URL and filter."""
+    return (fields["topic"], fields["target_url"], fields.get("filter_expression") or "True")
+
+
 def _validate_filter(expression: object) -> str:
     if expression is None:
         return "True"
@@ -152,156 +212,168 @@ def _validate_filter(expression: object) -> str:
 
 
 class SubscriberStore:
-    """Subscriber rows in SQLite."""
+    """Subscriber rows and their change log in SQLite. Writes share group commits with
+    every other write of the process, durably; each reports the changes it made."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._last_created = 0.0
 
-    async def create(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Insert a validated subscriber; return its stored row as a dict."""
-        [row] = await self.create_many([fields])
-        return row
+    async def create(self, fields: dict[str, Any]) -> Change:
+        """Insert a validated subscriber."""
+        [change] = await self.create_many([fields])
+        return change
 
-    async def create_many(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def create_many(self, items: list[dict[str, Any]]) -> list[Change]:
         """Insert validated subscribers in one transaction (all or none)."""
-        now = time.time()
+        times = self._creation_times(len(items))
         rows = [
-            {
-                "id": str(uuid.uuid4()),
-                "topic": None,
-                "target_url": None,
-                "filter_expression": "True",
-                "enabled": True,
-                "disabled_reason": None,
-                "secret": None,
-                "description": "",
-                **fields,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for fields in items
+            _row({**NEW_ROW, **fields, "id": str(uuid.uuid4()), "created_at": t, "updated_at": t})
+            for fields, t in zip(items, times, strict=True)
         ]
-        if rows:
-            names = ", ".join(rows[0])
-            marks = ", ".join("?" for _ in rows[0])
-            async with self.db.transaction() as conn:
-                await conn.executemany(
-                    f"INSERT INTO subscribers ({names}) VALUES ({marks})",
-                    [list(row.values()) for row in rows],
-                )
-        return rows
+        if not rows:
+            return []
+        marks = ", ".join("?" for _ in COLUMN_NAMES)
+        insert = f"INSERT INTO subscribers ({COLUMNS}) VALUES ({marks})"
 
-    async def update(self, subscriber_id: str, fields: dict[str, Any]) -> bool:
-        """Apply validated fields; re-enabling clears the disabled reason. False if absent."""
+        def work(conn: sqlite3.Connection) -> list[Change]:
+            execute_rows(conn, insert, [tuple(row.values()) for row in rows])
+            version = _last_version(conn)
+            return [Change(version, row["id"], row) for row in rows]
+
+        return await self.db.run_in_commit(work, durable=True)
+
+    def _creation_times(self, count: int) -> list[float]:
+        """Now, and after it a microsecond apart: creation times that increase in the
+        order subscribers are created in this process, batches included."""
+        first = max(time.time(), self._last_created + 1e-6)
+        times = [first + i * 1e-6 for i in range(count)]
+        self._last_created = times[-1] if times else self._last_created
+        return times
+
+    async def update(self, subscriber_id: str, fields: dict[str, Any]) -> Change | None:
+        """Apply validated fields; re-enabling clears the disabled reason. None if absent."""
         changes = dict(fields)
         if changes.get("enabled") is True:
             changes["disabled_reason"] = None
         changes["updated_at"] = time.time()
         assignments = ", ".join(f"{name} = ?" for name in changes)
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                f"UPDATE subscribers SET {assignments} WHERE id = ?",
-                [*changes.values(), subscriber_id],
-            )
-            return cursor.rowcount > 0
+        sql = f"UPDATE subscribers SET {assignments} WHERE id = ?"
+        return await self._change(subscriber_id, sql, [*changes.values(), subscriber_id])
 
-    async def disable(self, subscriber_id: str, reason: str) -> None:
-        """Turn a subscriber off, recording why."""
-        await self.db.write(
-            [
-                (
-                    "UPDATE subscribers SET enabled = 0, disabled_reason = ?, updated_at = ? "
-                    "WHERE id = ?",
-                    (reason, time.time(), subscriber_id),
-                )
-            ]
-        )
+    async def disable(self, subscriber_id: str, reason: str) -> Change | None:
+        """Turn a subscriber off, recording why; None if absent."""
+        sql = "UPDATE subscribers SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?"
+        return await self._change(subscriber_id, sql, (reason, time.time(), subscriber_id))
 
-    async def delete(self, subscriber_id: str) -> bool:
-        """Remove a subscriber; False if it did not exist."""
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute("DELETE FROM subscribers WHERE id = ?", (subscriber_id,))
-            return cursor.rowcount > 0
+    async def delete(self, subscriber_id: str) -> Change | None:
+        """Remove a subscriber; None if it did not exist."""
+        sql = "DELETE FROM subscribers WHERE id = ?"
+        return await self._change(subscriber_id, sql, (subscriber_id,))
+
+    async def _change(self, subscriber_id: str, sql: str, params: Iterable[Any]) -> Change | None:
+        """Run one statement on one subscriber; the change it made, or None."""
+
+        def work(conn: sqlite3.Connection) -> Change | None:
+            if conn.execute(sql, tuple(params)).rowcount == 0:
+                return None
+            row = conn.execute(
+                f"SELECT {COLUMNS} FROM subscribers WHERE id = ?", (subscriber_id,)
+            ).fetchone()
+            return Change(_last_version(conn), subscriber_id, None if row is None else dict(row))
+
+        return await self.db.run_in_commit(work, durable=True)
 
     async def rows(self) -> list[dict[str, Any]]:
         """Every subscriber row, oldest first."""
+        rows = await self.db.fetchall(f"SELECT {COLUMNS} FROM subscribers ORDER BY created_at, id")
+        return [dict(row) for row in rows]
+
+    async def page(self, after: tuple[float, str] | None, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` rows in order (created_at, id), from the one after `after`."""
+        where, params = ("WHERE (created_at, id) > (?, ?)", [*after]) if after else ("", [])
         rows = await self.db.fetchall(
-            f"SELECT {COLUMNS} FROM subscribers ORDER BY created_at, rowid"
+            f"SELECT {COLUMNS} FROM subscribers {where} ORDER BY created_at, id LIMIT ?",
+            [*params, limit],
         )
         return [dict(row) for row in rows]
 
     async def version(self) -> int:
-        """A counter bumped by triggers on every change, from this process or another."""
-        row = await self.db.fetchone("SELECT value FROM meta WHERE key = 'subscribers_version'")
+        """The latest change's version: every change up to it is in the table."""
+        row = await self.db.fetchone(LAST_VERSION)
         return int(row[0]) if row else 0
 
+    async def changes_since(self, version: int, limit: int) -> list[Change] | None:
+        """Up to `limit` changes after `version`, oldest first, each with the row as it is
+        now; None when the log was pruned past `version` (read everything again)."""
+        rows = await self.db.fetchall(
+            f"SELECT c.version AS change_version, c.subscriber_id AS change_id, {COLUMNS} "
+            "FROM subscriber_changes AS c LEFT JOIN subscribers ON id = c.subscriber_id "
+            "WHERE c.version > ? ORDER BY c.version LIMIT ?",
+            (version, limit),
+        )
+        pruned = await self.db.fetchone(
+            "SELECT value FROM meta WHERE key = 'subscriber_changes_pruned'"
+        )
+        if pruned is not None and int(pruned[0]) > version:
+            return None
+        return [
+            Change(
+                row["change_version"],
+                row["change_id"],
+                None if row["id"] is None else _row(dict(row)),
+            )
+            for row in rows
+        ]
 
-class Registry:
-    """In-memory index of subscribers by topic and id, rebuilt when the table changes."""
+    async def prune_changes(self, before: float) -> int:
+        """Forget changes recorded before `before` (Unix time); how many."""
 
-    def __init__(self, store: SubscriberStore, on_filter_error: Callable[[], None] | None = None):
-        self.store = store
-        self.on_filter_error = on_filter_error
-        self.by_id: dict[str, Subscriber] = {}
-        self.by_topic: dict[str, list[Subscriber]] = {}
-        self._indexes: dict[str, TopicIndex] = {}
-        self._compiled: dict[str, CompiledFilter] = {}
-        self._version = -1
-        self._lock = asyncio.Lock()
+        def work(conn: sqlite3.Connection) -> int:
+            kept = conn.execute(
+                "SELECT version FROM subscriber_changes WHERE at >= ? ORDER BY version LIMIT 1",
+                (before,),
+            ).fetchone()
+            last = kept[0] - 1 if kept else _last_version(conn)
+            cursor = conn.execute("DELETE FROM subscriber_changes WHERE version <= ?", (last,))
+            if cursor.rowcount:
+                conn.execute(
+                    "UPDATE meta SET value = max(value, ?) WHERE key = 'subscriber_changes_pruned'",
+                    (last,),
+                )
+            return cursor.rowcount
 
-    async def reload(self) -> int:
-        """Rebuild from the database; return the number of subscribers."""
-        async with self._lock:
-            version = await self.store.version()
-            rows = await self.store.rows()
-            self._rebuild(rows)
-            self._version = version
-        return len(self.by_id)
-
-    async def reload_if_changed(self) -> bool:
-        """Reload when another writer changed the table; True if it did."""
-        if await self.store.version() == self._version:
-            return False
-        await self.reload()
-        return True
-
-    def _rebuild(self, rows: list[dict[str, Any]]) -> None:
-        compiled_cache, self._compiled = self._compiled, {}
-        by_id: dict[str, Subscriber] = {}
-        by_topic: dict[str, list[Subscriber]] = {}
-        for row in rows:
-            subscriber = self._subscriber(row, compiled_cache)
-            by_id[subscriber.id] = subscriber
-            if subscriber.enabled:
-                by_topic.setdefault(subscriber.topic, []).append(subscriber)
-        self.by_id, self.by_topic = by_id, by_topic
-        self._indexes = {topic: TopicIndex(subs) for topic, subs in by_topic.items()}
-
-    def _subscriber(self, row: dict[str, Any], cache: dict[str, CompiledFilter]) -> Subscriber:
-        source = row["filter_expression"]
-        compiled = cache.get(source) or self._compiled.get(source)
-        if compiled is None:
-            try:
-                compiled = compile_filter(source)
-            except FilterError as exc:
-                log.error("filter_invalid", subscriber_id=row["id"], error=str(exc))
-                compiled = CompiledFilter(source=source, tree=_NEVER)
-            compiled.on_error = self.on_filter_error
-        self._compiled[source] = compiled
-        return Subscriber(**{**row, "enabled": bool(row["enabled"])}, compiled=compiled)
-
-    def matching(self, topic: str, payload: dict[str, Any]) -> list[Subscriber]:
-        """Enabled subscribers of `topic` whose filter accepts `payload`."""
-        index = self._indexes.get(topic)
-        return index.matching(payload) if index is not None else []  # type: ignore[return-value]
-
-    def topic_label(self, topic: str) -> str:
-        """`topic` if some enabled subscriber listens to it, else "other" (bounded labels)."""
-        return topic if topic in self.by_topic else "other"
-
-    def get(self, subscriber_id: str | None) -> Subscriber | None:
-        """A subscriber by id, or None."""
-        return self.by_id.get(subscriber_id) if subscriber_id else None
+        return await self.db.run_in_commit(work)
 
 
-_NEVER = ast.Constant(value=False)  # a filter that failed to compile matches nothing
+LAST_VERSION = "SELECT seq FROM sqlite_sequence WHERE name = 'subscriber_changes'"
+NEW_ROW = {
+    "filter_expression": "True",
+    "enabled": True,
+    "disabled_reason": None,
+    "secret": None,
+    "description": "",
+}
+
+
+def _row(fields: dict[str, Any]) -> dict[str, Any]:
+    """The columns of a subscriber row, in order."""
+    return {name: fields[name] for name in COLUMN_NAMES}
+
+
+def _last_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute(LAST_VERSION).fetchone()
+    return int(row[0]) if row else 0
+
+
+class Slicer:
+    """Gives the event loop a turn each time SLICE_SECONDS of work have passed: call
+    `await tick()` after each small step of a long task."""
+
+    def __init__(self) -> None:
+        self._until = time.perf_counter() + SLICE_SECONDS
+
+    async def tick(self) -> None:
+        if time.perf_counter() >= self._until:
+            await asyncio.sleep(0)
+            self._until = time.perf_counter() + SLICE_SECONDS

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,11 @@ from switchd.auth import mint
 from switchd.config import Settings
 from switchd.http_api import create_app
 from switchd.service import Switchd
+from tests.real_faktory import BINARY, RealFaktory
+from tests.real_faktory import free_port as free_port  # for the tests that import it from here
 
-SECRET = "test-secret-of-at-least-thirty-two-bytes!"
+SECRET = "test-secret-of-at-least-thirty-two-bytes!"  # publishers' (SWITCH_JWT_SECRET)
+ADMIN_SECRET = "test-admin-secret-of-at-least-thirty-two-bytes"  # SWITCH_ADMIN_JWT_SECRET
 FAST = {
     "retry_schedule": (0.1, 0.1, 0.1),
     "quick_retries": 2,
@@ -143,7 +145,7 @@ class Running:
 
     @property
     def admin(self) -> dict[str, str]:
-        return {"Authorization": "Bearer " + mint(SECRET, "ops", admin=True)}
+        return {"Authorization": "Bearer " + mint(ADMIN_SECRET, "ops", admin=True)}
 
     @property
     def publisher(self) -> dict[str, str]:
@@ -182,7 +184,13 @@ async def start_switchd(tmp_path: Path) -> AsyncIterator[StartSwitchd]:
 
     async def start(**overrides: Any) -> Running:
         settings = Settings(
-            **{"jwt_secret": SECRET, "db_name": str(tmp_path / "switch.db"), **FAST, **overrides}
+            **{
+                "jwt_secret": SECRET,
+                "admin_jwt_secret": ADMIN_SECRET,
+                "db_name": str(tmp_path / "switch.db"),
+                **FAST,
+                **overrides,
+            }
         )
         service = Switchd(settings)
         await service.start()
@@ -207,12 +215,6 @@ def seed_body(topic: str, payload: dict[str, Any]) -> bytes:
     """A publish body exactly like the seed SDKs': Topic and base64 Payload."""
     encoded = base64.b64encode(orjson.dumps(payload)).decode()
     return orjson.dumps({"Topic": topic, "Payload": encoded})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 _FILTER_CHILD = r"""
@@ -251,3 +253,15 @@ def clean_environ() -> dict[str, str]:
     return {
         k: v for k, v in os.environ.items() if not k.startswith("SWITCH_") and k != "FAKTORY_URL"
     }
+
+
+@pytest.fixture(scope="session")
+def real_faktory() -> Iterator[RealFaktory]:
+    """A real Faktory on 127.0.0.1 for this test session, from ../shared/bin/faktory, stopped
+    at the end. Without the binary (a fresh clone) the tests that need it are skipped."""
+    if not BINARY.exists():
+        pytest.skip(f"no real Faktory: {BINARY} is missing (or set FAKTORY_URL)")
+    server = RealFaktory()
+    server.start()
+    yield server
+    server.stop()

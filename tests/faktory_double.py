@@ -10,8 +10,8 @@ INFO and END. It keeps the Faktory semantics the tests rely on:
   60..86400 s, default 1800); an expired reservation is a failure (errtype
   ReservationExpired) and consumes a retry;
 - FAIL counts failures in failure.retry_count (0 after the first) and retries while
-  retry_count < retry, after n⁴ + 15 + rand(30)·(n+1) s; `retry` 0 discards the job,
-  exhausted retries move it to the dead set;
+  retry_count < retry, after n⁴ + 15 + rand(30)·(n+1) s (at failure.next_at); `retry` 0
+  discards the job, exhausted retries move it to the dead set;
 - BEAT answers +OK, or {"state": "quiet"|"terminate"} once the worker was signalled
   (by `signal()` or by a BEAT carrying "current_state"), never going back to running;
 - PUSH with an `at` in the future keeps the job in the scheduled set until then;
@@ -38,7 +38,7 @@ import ssl
 import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -59,9 +59,9 @@ class Reservation:
     expires_at: float
 
 
-def now_text() -> str:
-    """The current time as Faktory writes it (RFC 3339, UTC)."""
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+def now_text(later: float = 0.0) -> str:
+    """The current time (plus `later` seconds) as Faktory writes it (RFC 3339, UTC)."""
+    return (datetime.now(UTC) + timedelta(seconds=later)).isoformat().replace("+00:00", "Z")
 
 
 class FaktoryDouble:
@@ -97,6 +97,7 @@ class FaktoryDouble:
         self._arrived = asyncio.Condition()
         self._answering = asyncio.Event()
         self._answering.set()
+        self._frozen_verb: str | None = None  # freeze(only=...): hold that command's replies
         self._ticker: asyncio.Task[None] | None = None
 
     @property
@@ -129,8 +130,10 @@ class FaktoryDouble:
         await self._server.wait_closed()
         self._server = None
 
-    def freeze(self) -> None:
-        """Stop answering (connections stay open, nothing comes back), like a partition."""
+    def freeze(self, only: str | None = None) -> None:
+        """Stop answering (connections stay open, nothing comes back), like a partition; or,
+        with `only` (a verb such as "PUSHB"), hold back the replies to that command alone."""
+        self._frozen_verb = only
         self._answering.clear()
 
     def thaw(self) -> None:
@@ -171,7 +174,8 @@ class FaktoryDouble:
         hi: dict[str, Any] = {"v": 2}
         if self.password:
             hi.update(i=random.randint(4000, 8095), s=secrets.token_hex(8))
-        await self._answering.wait()
+        if self._frozen_verb is None:
+            await self._answering.wait()
         writer.write(b"+HI " + orjson.dumps(hi) + b"\r\n")
         line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 2.0)
         if not line.startswith(b"HELLO {"):
@@ -207,7 +211,8 @@ class FaktoryDouble:
                 )
             except (ValueError, KeyError, TypeError) as exc:
                 reply = _error(f"invalid {verb}: {exc}")
-            await self._answering.wait()
+            if self._frozen_verb in (None, verb):
+                await self._answering.wait()
             writer.write(reply)
             await writer.drain()
 
@@ -302,7 +307,9 @@ class FaktoryDouble:
         if retry == 0:
             return  # Faktory: no retry, no death, the job is gone
         if failure["retry_count"] < retry:
-            self.retries.append((time.monotonic() + self.backoff(failure["retry_count"]), job))
+            delay = self.backoff(failure["retry_count"])
+            failure["next_at"] = now_text(delay)
+            self.retries.append((time.monotonic() + delay, job))
         else:
             self.dead.append(job)
 

@@ -10,10 +10,11 @@ import orjson
 import pytest
 
 from switchd.auth import mint
-from tests.conftest import SECRET, Sink, StartSwitchd
+from tests.conftest import ADMIN_SECRET, SECRET, Sink, StartSwitchd
 
-ADMIN = "Bearer " + mint(SECRET, "ops", admin=True)
+ADMIN = "Bearer " + mint(ADMIN_SECRET, "ops", admin=True)
 PUBLISHER = "Bearer " + mint(SECRET, "svc")
+FORGED_ADMIN = "Bearer " + mint(SECRET, "ops", admin=True)  # the publishers' secret
 TABLES = ("subscribers", "events", "jobs", "dead_letters")
 
 
@@ -81,6 +82,11 @@ SUBSCRIBER_CASES = [
     ("list-not-admin", "GET", "/subscribers", {"Authorization": PUBLISHER}, None, 403, "forbidden"),
     ("create-not-admin", "POST", "/subscribers", {"Authorization": PUBLISHER},
      {"topic": "t", "target_url": "http://127.0.0.1/x"}, 403, "forbidden"),
+    ("create-forged-admin", "POST", "/subscribers", {"Authorization": FORGED_ADMIN},
+     {"topic": "t", "target_url": "http://127.0.0.1/x"}, 403, "forbidden"),
+    ("create-admin-secret-no-scope", "POST", "/subscribers",
+     {"Authorization": "Bearer " + mint(ADMIN_SECRET, "ops")},
+     {"topic": "t", "target_url": "http://127.0.0.1/x"}, 403, "forbidden"),
     ("create-not-json", "POST", "/subscribers", {"Authorization": ADMIN}, b"nope", 400,
      "invalid_json"),
     ("create-list", "POST", "/subscribers", {"Authorization": ADMIN}, [], 400, "invalid_json"),
@@ -117,6 +123,24 @@ SUBSCRIBER_CASES = [
      "not_found"),
     ("wrong-method", "PUT", "/subscribers", {"Authorization": ADMIN}, {}, 405,
      "method_not_allowed"),
+    ("import-not-admin", "POST", "/subscribers/import", {"Authorization": PUBLISHER},
+     [{"topic": "t", "target_url": "http://h/x"}], 403, "forbidden"),
+    ("import-object", "POST", "/subscribers/import", {"Authorization": ADMIN},
+     {"topic": "t", "target_url": "http://h/x"}, 400, "invalid_json"),
+    ("import-not-json", "POST", "/subscribers/import", {"Authorization": ADMIN}, b"[{", 400,
+     "invalid_json"),
+    ("import-bad-entry", "POST", "/subscribers/import", {"Authorization": ADMIN},
+     [{"topic": "t", "target_url": "http://h/x"}, {"topic": "t"}], 400, "invalid_request"),
+    ("import-entry-not-object", "POST", "/subscribers/import", {"Authorization": ADMIN},
+     [{"topic": "t", "target_url": "http://h/x"}, 7], 400, "invalid_request"),
+    ("import-bad-filter", "POST", "/subscribers/import", {"Authorization": ADMIN},
+     [{"topic": "t", "target_url": "http://h/x", "filter_expression": "9**9**9"}], 400,
+     "invalid_filter"),
+    ("import-too-many", "POST", "/subscribers/import", {"Authorization": ADMIN},
+     [{"topic": "t", "target_url": "http://h/x"}] * 10_001, 400, "invalid_request"),
+    ("import-too-large", "POST", "/subscribers/import", {"Authorization": ADMIN},
+     [{"topic": "t", "target_url": "http://h/x", "description": "d" * 1000}] * 4200, 413,
+     "payload_too_large"),
     ("unknown-path", "GET", "/nowhere", {}, None, 404, "not_found"),
 ]  # fmt: skip
 

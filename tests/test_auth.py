@@ -12,9 +12,20 @@ import time
 import jwt
 import pytest
 
-from switchd.auth import AuthError, Principal, bearer_token, mint, verify
+from switchd.auth import (
+    ADMIN,
+    PUBLISHER,
+    AuthError,
+    Principal,
+    TokenVerifier,
+    bearer_token,
+    mint,
+    parse_topics,
+    verify,
+)
 
 SECRET = "test-secret-" + "x" * 40
+ADMIN_SECRET = "test-admin-secret-" + "y" * 40
 
 
 def b64url(data: bytes) -> str:
@@ -76,7 +87,7 @@ def test_bad_authorization_header(header: str | None) -> None:
 
 def test_capitalised_author_claim_only() -> None:
     principal = verify(hs256({"Author": "svc"}), SECRET)
-    assert principal == Principal(author="svc", admin=False)
+    assert principal == Principal(author="svc", kind=PUBLISHER)
 
 
 def test_lowercase_author_claim() -> None:
@@ -215,13 +226,16 @@ def test_malformed_tokens_are_rejected(token: str) -> None:
         (1, False),
     ],
 )
-def test_scope_decides_admin(scope: object, admin: bool) -> None:
-    principal = verify(hs256({"author": "svc", "scope": scope}), SECRET)
+def test_scope_decides_admin_for_admin_secret_tokens(scope: object, admin: bool) -> None:
+    principal = verify(hs256({"author": "ops", "scope": scope}, ADMIN_SECRET), ADMIN_SECRET, ADMIN)
     assert principal.admin is admin
+    publisher = verify(hs256({"author": "svc", "scope": scope}), SECRET, PUBLISHER)
+    assert publisher.admin is False  # a publisher token never is, whatever its scope
+    assert publisher.admin_scope is principal.admin_scope
 
 
 def test_no_scope_is_not_admin() -> None:
-    assert verify(hs256({"author": "svc"}), SECRET).admin is False
+    assert verify(hs256({"author": "ops"}, ADMIN_SECRET), ADMIN_SECRET, ADMIN).admin is False
 
 
 # --- mint --------------------------------------------------------------------------------------
@@ -229,17 +243,18 @@ def test_no_scope_is_not_admin() -> None:
 
 def test_mint_round_trips_through_verify() -> None:
     token = mint(SECRET, "svc")
-    assert verify(token, SECRET) == Principal(author="svc", admin=False)
+    assert verify(token, SECRET) == Principal(author="svc", kind=PUBLISHER)
     header = jwt.get_unverified_header(token)
     assert header["alg"] == "HS256"
 
 
 def test_mint_admin_sets_scope() -> None:
-    token = mint(SECRET, "ops", admin=True)
-    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    token = mint(ADMIN_SECRET, "ops", admin=True)
+    claims = jwt.decode(token, ADMIN_SECRET, algorithms=["HS256"])
     assert claims["scope"] == "admin"
     assert claims["author"] == "ops"
-    assert verify(token, SECRET) == Principal(author="ops", admin=True)
+    assert verify(token, ADMIN_SECRET, ADMIN) == Principal("ops", ADMIN, admin_scope=True)
+    assert verify(token, ADMIN_SECRET, ADMIN).admin
 
 
 def test_mint_without_ttl_has_no_expiry() -> None:
@@ -277,8 +292,8 @@ def test_token_verifier_caches_within_the_validity_window(monkeypatch) -> None:
 
     calls = []
     real = auth._verify
-    monkeypatch.setattr(auth, "_verify", lambda t, s: calls.append(t) or real(t, s))
-    verifier = auth.TokenVerifier(SECRET)
+    monkeypatch.setattr(auth, "_verify", lambda t, keys: calls.append(t) or real(t, keys))
+    verifier = auth.TokenVerifier([SECRET])
     exp = int(time.time()) + 60
     token = jwt.encode({"Author": "svc", "exp": exp}, SECRET, algorithm="HS256")
     assert verifier.verify(token).author == "svc"
@@ -293,3 +308,104 @@ def test_token_verifier_caches_within_the_validity_window(monkeypatch) -> None:
     with contextlib.suppress(auth.AuthError):
         verifier.verify(odd)
     assert odd not in verifier._cache  # a non-numeric exp is never cached
+
+
+# --- two kinds of secret, rotation ---------------------------------------------------------
+
+PREVIOUS = "test-previous-secret-" + "p" * 40
+ADMIN_PREVIOUS = "test-previous-admin-secret-" + "q" * 40
+
+
+def rotating() -> TokenVerifier:
+    return TokenVerifier([SECRET, PREVIOUS], [ADMIN_SECRET, ADMIN_PREVIOUS])
+
+
+@pytest.mark.parametrize(
+    ("secret", "kind"),
+    [(SECRET, PUBLISHER), (PREVIOUS, PUBLISHER), (ADMIN_SECRET, ADMIN), (ADMIN_PREVIOUS, ADMIN)],
+)
+def test_every_configured_secret_verifies_as_its_kind(secret: str, kind: str) -> None:
+    principal = rotating().verify(mint(secret, "ops", admin=True))
+    assert (principal.author, principal.kind, principal.admin) == ("ops", kind, kind == ADMIN)
+
+
+def test_unknown_secret_is_refused_and_expiry_is_reported_for_a_previous_secret() -> None:
+    with pytest.raises(AuthError) as info:
+        rotating().verify(mint("an-unknown-secret-" + "u" * 40, "svc"))
+    assert "Signature verification failed" in info.value.reason
+    expired = hs256({"Author": "svc", "exp": int(time.time()) - 3600}, ADMIN_PREVIOUS)
+    with pytest.raises(AuthError) as info:
+        rotating().verify(expired)
+    assert "expired" in info.value.reason
+
+
+def test_current_publisher_secret_costs_one_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The publish path: a token signed with the current publisher secret is checked once,
+    however many other secrets are configured; the others are tried only when it fails."""
+    from switchd import auth
+
+    tried: list[str] = []
+    real = auth._decode
+    monkeypatch.setattr(auth, "_decode", lambda t, s: tried.append(s) or real(t, s))
+    verifier = rotating()
+    for secret, expected in (
+        (SECRET, [SECRET]),
+        (ADMIN_SECRET, [SECRET, ADMIN_SECRET]),
+        (PREVIOUS, [SECRET, ADMIN_SECRET, PREVIOUS]),
+    ):
+        tried.clear()
+        verifier.verify(mint(secret, "svc", ttl=60))
+        assert tried == expected
+    tried.clear()
+    token = mint(SECRET, "another", ttl=60)
+    assert verifier.verify(token) == verifier.verify(token)
+    assert tried == [SECRET]  # the second one came from the cache
+
+
+def test_a_publisher_secret_can_never_be_an_admin_secret() -> None:
+    with pytest.raises(ValueError):
+        TokenVerifier([SECRET, PREVIOUS], [PREVIOUS])
+    assert TokenVerifier([SECRET], [None, None]).admin_configured is False
+    assert TokenVerifier([SECRET, None], [ADMIN_SECRET, None]).admin_configured is True
+
+
+# --- topics ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("topic", "allowed"),
+    [
+        ("orders.created", True),
+        ("orders.eu.created", True),
+        ("orders.*", True),  # `orders.` + "*": a topic may be named so
+        ("orders", False),
+        ("orders.", False),
+        ("ordersX", False),
+        ("ordersX.created", False),
+        ("xorders.created", False),
+        ("ORDERS.created", False),
+        ("billing", True),
+        ("billing.refunds", False),
+        ("billing*", False),
+    ],
+)
+def test_topics_claim_matches_names_and_prefixes(topic: str, allowed: bool) -> None:
+    token = mint(SECRET, "svc", topics=["orders.*", "billing"])
+    assert jwt.decode(token, SECRET, algorithms=["HS256"])["topics"] == ["orders.*", "billing"]
+    assert verify(token, SECRET).may_publish(topic) is allowed
+
+
+def test_no_topics_claim_allows_every_topic_and_an_empty_one_none() -> None:
+    assert verify(mint(SECRET, "svc"), SECRET).may_publish("anything")
+    assert not verify(mint(SECRET, "svc", topics=[]), SECRET).may_publish("anything")
+    assert parse_topics(["a.*", "b", "b"]).exact == frozenset({"b"})
+
+
+@pytest.mark.parametrize(
+    "topics",
+    ["orders", ["orders", 1], [None], [["orders"]], {"orders": True}, [""], [".*"], ["x" * 256]],
+)
+def test_malformed_topics_claim_makes_the_token_invalid(topics: object) -> None:
+    with pytest.raises(AuthError) as info:
+        verify(hs256({"Author": "svc", "topics": topics}), SECRET)
+    assert "invalid 'topics' claim" in info.value.reason

@@ -115,7 +115,7 @@ async def test_import_export_round_trip(db: Path, tmp_path: Path):
 
     bad = [*seed, {"topic": "c", "target_url": "not a url"}]
     failed = await cli("subscribers", "import", "-", db=db, stdin=orjson.dumps(bad))
-    assert "item 3" in one_line_error(failed)
+    assert "subscribers[2]" in one_line_error(failed)  # the JSON index of the bad entry
     with sqlite3.connect(db) as conn:  # all or nothing
         assert conn.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 2
 
@@ -138,6 +138,11 @@ async def test_import_export_round_trip(db: Path, tmp_path: Path):
         (("dead", "list", "--limit", "0"), "--limit"),
         (("dead", "replay", "abc"), "invalid int"),
         (("token", "--author", "a", "--ttl", "soon"), "invalid duration"),
+        (("token", "--author", "a", "--admin"), "SWITCH_ADMIN_JWT_SECRET is required"),
+        (("token", "--author", "a", "--admin", "--topic", "t"), "admin tokens manage every"),
+        (("token", "--author", "a", "--topic", ""), "--topic"),
+        (("token", "--author", "a", "--topic", ".*"), "needs a prefix"),
+        (("token", "--author", "a", "--topic", "t\x7f"), "control"),
         (("check-filter", "True", "--data", "[1]"), "JSON object"),
         (("publish", "t", "--header", "novalue"), "K=V"),
         (("publish", "t", "--body", "{bad"), "--body"),

@@ -16,6 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from switchd import client as client_module
+from switchd.auth import ADMIN, PUBLISHER, verify
 from switchd.client import (
     AsyncSwitchClient,
     SwitchConnectionError,
@@ -26,7 +27,7 @@ from switchd.client import (
     publish,
     publish_event,
 )
-from tests.conftest import SECRET, Running, Sink, StartSwitchd, free_port, start_site
+from tests.conftest import ADMIN_SECRET, SECRET, Running, Sink, StartSwitchd, free_port, start_site
 
 # Test vectors from the seed SDK's own tests (switcher, tests for publisher.py).
 SEED_ENCODED = {"some_payload": "to_encode"}, "eyJzb21lX3BheWxvYWQiOiAidG9fZW5jb2RlIn0="
@@ -76,7 +77,7 @@ def seed_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def admin_client(app: Running, **kwargs: Any) -> AsyncSwitchClient:
-    return AsyncSwitchClient(app.url, secret=SECRET, **kwargs)
+    return AsyncSwitchClient(app.url, secret=SECRET, admin_secret=ADMIN_SECRET, **kwargs)
 
 
 # --- the synchronous, seed-compatible publish ---------------------------------------
@@ -94,10 +95,12 @@ def test_seed_token_holds_only_the_author_claim():
 
 
 def test_mint_token_is_switchd_token():
-    token = mint_token(SECRET, "ops", admin=True, ttl=60)
-    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    token = mint_token(ADMIN_SECRET, "ops", admin=True, ttl=60)
+    claims = jwt.decode(token, ADMIN_SECRET, algorithms=["HS256"])
     assert claims["author"] == "ops" and claims["scope"] == "admin"
     assert claims["exp"] - claims["iat"] == 60
+    scoped = jwt.decode(mint_token(SECRET, "svc", topics=["a.*"]), SECRET, algorithms=["HS256"])
+    assert scoped["topics"] == ["a.*"] and "scope" not in scoped
 
 
 def test_base_url_comes_from_seed_variable(monkeypatch: pytest.MonkeyPatch):
@@ -278,6 +281,7 @@ async def test_async_client_maps_errors(start_switchd: StartSwitchd):
         AsyncSwitchClient(app.url) as anonymous,
         AsyncSwitchClient(app.url, token="garbage") as forged,
         AsyncSwitchClient(app.url, token=mint_token(SECRET, "svc")) as publisher,
+        AsyncSwitchClient(app.url, secret=SECRET) as publishers_secret,
         admin_client(app) as admin,
     ):
         sub = {"topic": "t", "target_url": "http://x"}
@@ -285,6 +289,7 @@ async def test_async_client_maps_errors(start_switchd: StartSwitchd):
             (lambda: anonymous.publish("t", {}), 401, "unauthorized"),
             (lambda: forged.refresh(), 401, "unauthorized"),
             (lambda: publisher.create_subscriber(**sub), 403, "forbidden"),
+            (lambda: publishers_secret.create_subscriber(**sub), 403, "forbidden"),
             (lambda: admin.create_subscriber(**sub, description=7), 400, None),
             (lambda: admin.create_subscriber(topic="t", target_url="ftp://x"), 400, None),
             (lambda: admin.create_subscriber(**sub, filter_expression="("), 400, None),
@@ -302,6 +307,32 @@ async def test_async_client_maps_errors(start_switchd: StartSwitchd):
             assert info.value.message
         answer = await publisher.publish("t", {})  # a plain publisher token may publish
         assert (answer["topic"], answer["matched"], answer["subscribers"]) == ("t", 0, [])
+
+
+async def test_each_call_sends_its_kind_of_token(capture: Capture):
+    """Publishing and refresh: a publisher token (no admin scope); management: an admin
+    token from the admin secret; health and readiness: none. Without credentials of its
+    kind a call sends the other kind's."""
+    capture.status, capture.reply = 200, b'{"subscribers": []}'
+    async with AsyncSwitchClient(
+        capture.url, secret=SECRET, admin_secret=ADMIN_SECRET, author="me"
+    ) as both:
+        await both.publish("t", {})
+        await both.refresh()
+        await both.list_subscribers()
+        await both.health()
+    async with AsyncSwitchClient(
+        capture.url, admin_token=mint_token(ADMIN_SECRET, "ops", True)
+    ) as admin_only:
+        await admin_only.publish("t", {})
+    tokens = [r.headers.get("Authorization", "").removeprefix("Bearer ") for r in capture.requests]
+    assert verify(tokens[0], SECRET, PUBLISHER) == verify(tokens[1], SECRET, PUBLISHER)
+    assert verify(tokens[0], SECRET, PUBLISHER).author == "me"
+    assert "scope" not in jwt.decode(tokens[0], SECRET, algorithms=["HS256"])
+    management = verify(tokens[2], ADMIN_SECRET, ADMIN)
+    assert management.admin and management.author == "me"
+    assert tokens[3] == ""  # /healthz gets no token
+    assert verify(tokens[4], ADMIN_SECRET, ADMIN).admin  # falls back to the admin token
 
 
 async def test_async_client_connection_error():

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
-from switchd.config import ConfigError, Settings, load_settings
+from switchd.config import VARIABLES, ConfigError, Settings, load_settings
 
 SECRET = "s" * 40
 
@@ -343,6 +344,54 @@ def test_short_secret_is_accepted() -> None:
     assert load_settings({"SWITCH_JWT_SECRET": "short"}).jwt_secret == "short"
 
 
+# --- admin and previous secrets -----------------------------------------------------------
+
+ADMIN = "a" * 40
+
+
+def test_admin_and_previous_secrets_are_optional_and_read() -> None:
+    settings = load_settings({"SWITCH_JWT_SECRET": SECRET})
+    assert settings.admin_jwt_secret is None
+    assert settings.jwt_secret_previous is settings.admin_jwt_secret_previous is None
+    settings = load_settings(
+        env(
+            SWITCH_ADMIN_JWT_SECRET=f" {ADMIN} ",
+            SWITCH_JWT_SECRET_PREVIOUS="old-publishers",
+            SWITCH_ADMIN_JWT_SECRET_PREVIOUS="old-admins",
+        )
+    )
+    assert settings.admin_jwt_secret == ADMIN  # stripped, like SWITCH_JWT_SECRET
+    assert settings.jwt_secret_previous == "old-publishers"
+    assert settings.admin_jwt_secret_previous == "old-admins"
+    assert load_settings(env(SWITCH_ADMIN_JWT_SECRET="")).admin_jwt_secret is None
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"SWITCH_ADMIN_JWT_SECRET": SECRET}, ("SWITCH_ADMIN_JWT_SECRET", "SWITCH_JWT_SECRET")),
+        ({"SWITCH_ADMIN_JWT_SECRET": f"  {SECRET} "}, ("SWITCH_ADMIN_JWT_SECRET",)),
+        (
+            {"SWITCH_ADMIN_JWT_SECRET": ADMIN, "SWITCH_JWT_SECRET_PREVIOUS": ADMIN},
+            ("SWITCH_ADMIN_JWT_SECRET", "SWITCH_JWT_SECRET_PREVIOUS"),
+        ),
+        (
+            {"SWITCH_ADMIN_JWT_SECRET": ADMIN, "SWITCH_ADMIN_JWT_SECRET_PREVIOUS": SECRET},
+            ("SWITCH_ADMIN_JWT_SECRET_PREVIOUS", "SWITCH_JWT_SECRET"),
+        ),
+        ({"SWITCH_ADMIN_JWT_SECRET_PREVIOUS": ADMIN}, ("SWITCH_ADMIN_JWT_SECRET_PREVIOUS",)),
+        ({"SWITCH_ADMIN_JWT_SECRET": "   "}, ("SWITCH_ADMIN_JWT_SECRET",)),
+        ({"SWITCH_JWT_SECRET_PREVIOUS": " "}, ("SWITCH_JWT_SECRET_PREVIOUS",)),
+    ],
+)
+def test_admin_secret_problems_are_one_line_each(values: dict[str, str], named: tuple) -> None:
+    """An admin secret equal to a publisher one would let every publisher mint admin
+    tokens: refused (compared as the server uses them, i.e. stripped)."""
+    [problem] = problems_of(env(**values))
+    assert problem.startswith(named[0] + " ") or problem.startswith(named[0] + "=")
+    assert all(name in problem for name in named), problem
+
+
 # --- retry schedule ---------------------------------------------------------------------
 
 
@@ -441,3 +490,11 @@ def test_faktory_password_is_not_echoed_in_errors() -> None:
 def test_lease_must_outlast_the_worst_case_delivery() -> None:
     [problem] = problems_of(env(SWITCH_LEASE_SECONDS="20"))  # worst case is 55 s by default
     assert problem.startswith("SWITCH_LEASE_SECONDS") and "55" in problem
+
+
+def test_every_variable_is_in_the_readme_table_and_the_example_file() -> None:
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    example = (root / "config" / "switchd.env.example").read_text()
+    missing = [n for n in VARIABLES if f"| `{n}` |" not in readme or f"{n}=" not in example]
+    assert missing == []

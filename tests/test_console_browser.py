@@ -15,7 +15,7 @@ import pytest
 from playwright.async_api import Page, async_playwright, expect
 
 from switchd.auth import mint
-from tests.conftest import SECRET, Running, Sink, StartSwitchd, serve_sink
+from tests.conftest import ADMIN_SECRET, SECRET, Running, Sink, StartSwitchd, serve_sink
 from tests.test_event_log import event_where
 
 CHROMIUM = os.environ.get("SWITCH_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -29,7 +29,7 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ADMIN = mint(SECRET, "ops", admin=True)
+ADMIN = mint(ADMIN_SECRET, "ops", admin=True)
 TIMEOUT_MS = 10_000
 
 
@@ -214,7 +214,9 @@ async def test_sign_in_refuses_bad_tokens_and_sign_out_forgets(
     for token, message in (
         ("not-a-jwt", "switchd refused the token"),
         (mint("wrong-secret-of-at-least-thirty-two-bytes", "ops", admin=True), "refused"),
-        (mint(SECRET, "svc"), "no admin scope"),
+        (mint(SECRET, "svc"), "Not an admin token: publisher tokens"),
+        (mint(SECRET, "ops", admin=True), "publisher tokens (signed with SWITCH_JWT_SECRET)"),
+        (mint(ADMIN_SECRET, "ops"), "needs a token with the 'admin' scope"),
     ):
         await page.get_by_label("Admin token").fill(token)
         await page.get_by_role("button", name="Sign in").click()
@@ -232,6 +234,27 @@ async def test_sign_in_refuses_bad_tokens_and_sign_out_forgets(
     await page.evaluate("sessionStorage.setItem(sessionStorage.key(0), 'expired')")
     await console.page.get_by_role("link", name="Events").click()
     await expect(alert).to_contain_text("Signed out: switchd refused the token")
+
+
+async def test_sign_in_says_when_admin_access_is_not_configured(
+    console: Console, start_switchd: StartSwitchd
+):
+    app = await start_switchd(consumer_concurrency=0, admin_jwt_secret=None)
+    page = console.page
+    await console.open(app)
+    alert = page.get_by_role("alert")
+    await expect(alert).to_contain_text("Admin access is not configured")
+    await expect(alert).to_contain_text("SWITCH_ADMIN_JWT_SECRET is not set")
+    await expect(page.get_by_label("Admin token")).to_be_disabled()
+    await expect(page.get_by_role("button", name="Sign in")).to_be_disabled()
+    assert await page.evaluate("sessionStorage.length") == 0
+
+    await page.evaluate(f"sessionStorage.setItem('switchd.admin-token', '{ADMIN}')")
+    console.expected = ["status of 403"]  # a token kept from before: refused, named
+    await page.reload()
+    await expect(page.get_by_label("Admin token")).to_be_disabled()  # back to sign-in
+    await expect(alert).to_contain_text("Admin access is not configured")
+    assert await page.evaluate("sessionStorage.length") == 0
 
 
 async def test_filter_editor_evaluates_as_you_type(console: Console, start_switchd: StartSwitchd):

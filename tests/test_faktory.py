@@ -1,9 +1,16 @@
 """switchd on Faktory: seed-compatible jobs, retries, dead letters, outages, handshake.
 
 Every test runs twice: against FaktoryDouble (tests/faktory_double.py, a test double, not
-Faktory) and against a real Faktory when FAKTORY_URL is set (skipped otherwise). The real
-server sits behind a TCP proxy so that outage tests can cut it off; each test uses its own
-queue name, and checks Faktory's shared sets (Busy, Retries, Dead) by their change only.
+Faktory) and against a real Faktory: the one at FAKTORY_URL when that is set, else one the
+session starts from ../shared/bin/faktory (tests/real_faktory.py); skipped when neither is
+there. The real server sits behind a TCP proxy so that outage tests can cut it off. Each
+test uses its own queue name, and checks Faktory's shared sets (Busy, Retries, Dead) by
+their change only, on a server it finds idle: the session's own is restarted afresh when
+an earlier test left reservations, retries or scheduled jobs behind.
+
+The real server's clock is not scaled: a reservation lasts at least 60 s and a retry waits
+15 s or more. Tests whose subject is not that backoff hurry their queue's retries along
+(MUTATE requeue), so that the real variants take minutes, not quarter hours.
 """
 
 from __future__ import annotations
@@ -42,19 +49,20 @@ from switchd.queue.faktory_protocol import (
 )
 from switchd.queue.fallback import FallbackQueue
 from switchd.service import Switchd
-from tests.conftest import FAST, SECRET, Running, Sink, StartSwitchd, free_port
+from tests.conftest import FAST, SECRET, Received, Running, Sink, StartSwitchd, free_port
 from tests.faktory_double import FaktoryDouble, FaktoryProxy
+from tests.real_faktory import RealFaktory
 
-pytestmark = pytest.mark.timeout(300)  # real Faktory retries take tens of seconds
+pytestmark = pytest.mark.timeout(300)  # real Faktory reservations last 60 s at least
 
 REAL_URL = os.environ.get("FAKTORY_URL")
-NO_REAL = "set FAKTORY_URL=tcp://[:password@]host:port to also run this against a real Faktory"
 DOUBLE_PASSWORD = "double-secret"
 BACKOFF_SCALE = 0.01  # the double's first retry comes after 0.15..0.45 s instead of 15..45 s
 RESERVATION_SCALE = 0.05  # the double's 60 s minimum reservation lasts 3 s
 # A job Faktory reserved for a connection that broke comes back after its reservation
-# (60 s, reaped every 15 s) and a retry backoff (15..44 s, scanned every 5 s).
-LOST_RESERVATION_WAIT = 60 + 15 + 44 + 5 + 20
+# (60 s, reaped every 15 s) as a retry, which the tests hurry along.
+LOST_RESERVATION_WAIT = 60 + 15 + 20
+HELD_BACK = 1.0  # seconds a real Faktory retry is seen not to come before it is hurried
 SEED_FILTER = 'data["body"]["x"] == 1 and data["headers"]["y"] == "z"'
 
 
@@ -112,29 +120,90 @@ class Faktory:
     async def connect(self, wid: str | None = None) -> FaktoryConnection:
         return await FaktoryConnection.open(FaktoryAddress.parse(self.url), wid=wid)
 
-    async def info(self) -> dict[str, Any]:
+    async def sets(self) -> Counter[str]:
+        """Sizes of the queues and of Faktory's Busy, Retries and Dead sets."""
+        return await faktory_sets(self.url)
+
+    async def hurry_retries(self, queue: str) -> None:
+        """Move the jobs of `queue` waiting in Faktory's Retries set back to their queue now
+        (MUTATE requeue), cutting a real retry's backoff short. The double's backoff is
+        scaled down instead: nothing to do there."""
+        if self.double is not None:
+            return
         connection = await self.connect()
         try:
-            return await connection.info()
+            pattern = f'*"queue":"{queue}"*'  # a Redis MATCH pattern over the stored job
+            await connection.call(
+                "MUTATE", {"cmd": "requeue", "target": "retries", "filter": {"regexp": pattern}}
+            )
         finally:
             await connection.close()
 
-    async def sets(self) -> Counter[str]:
-        """Sizes of the queues and of Faktory's Busy, Retries and Dead sets."""
-        faktory = (await self.info())["faktory"]
-        sizes = Counter({k: int(v.get("size", 0)) for k, v in faktory["tasks"].items()})
-        sizes.update(faktory.get("queues", {}))
-        return sizes
+    async def wait_hurrying(
+        self, condition: Callable[[], bool], queue: str, timeout: float, what: str
+    ) -> None:
+        """Wait until `condition()`, hurrying the retries of `queue` along meanwhile."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            await self.hurry_retries(queue)
+            await asyncio.sleep(0.25)
+
+    async def retried(self, sink: Sink, seen: int, queue: str) -> list[Received]:
+        """Wait for the request after the sink's `seen` first, which only a Faktory retry of
+        the job of `queue` brings, and check that Faktory held it back: the double by its
+        scaled backoff, the real server for HELD_BACK s before the retry is hurried."""
+        await sink.wait_for(seen)
+        if self.double is not None:
+            requests = await sink.wait_for(seen + 1, timeout=self.retry_within(1) + 10)
+            assert requests[seen].at - requests[seen - 1].at >= 15 * BACKOFF_SCALE * 0.9
+            return requests
+        await asyncio.sleep(HELD_BACK)
+        assert len(sink.requests) == seen, "retried before Faktory's backoff"
+        await self.wait_hurrying(lambda: len(sink.requests) > seen, queue, 30, "a retry")
+        return sink.requests
+
+
+async def faktory_sets(url: str) -> Counter[str]:
+    """Sizes of the queues and of the Busy, Retries, Scheduled and Dead sets of a Faktory."""
+    connection = await FaktoryConnection.open(FaktoryAddress.parse(url))
+    try:
+        faktory = (await connection.info())["faktory"]
+    finally:
+        await connection.close()
+    sizes = Counter({k: int(v.get("size", 0)) for k, v in faktory["tasks"].items()})
+    sizes.update(faktory.get("queues", {}))
+    return sizes
+
+
+async def idle_real_faktory(request: pytest.FixtureRequest) -> str:
+    """The URL of a real Faktory holding no reservation, retry or scheduled job, so that
+    the set changes a test sees are its own: FAKTORY_URL's, which must be idle, or the
+    session's own, restarted afresh when an earlier test left any."""
+    url = REAL_URL
+    server: RealFaktory | None = None if url else request.getfixturevalue("real_faktory")
+    if server is not None:
+        url = server.url
+    assert url is not None
+    sets = await faktory_sets(url)
+    pending = {name: sets[name] for name in ("Busy", "Retries", "Scheduled") if sets[name]}
+    if pending and server is None:
+        raise AssertionError(f"the Faktory at FAKTORY_URL is not idle: {pending}")
+    if pending and server is not None:
+        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(server.start)
+        url = server.url
+    return url
 
 
 @pytest.fixture(params=["double", "real"])
 async def faktory(request: pytest.FixtureRequest) -> AsyncIterator[Faktory]:
     if request.param == "real":
-        if not REAL_URL:
-            pytest.skip(NO_REAL)
-        address = FaktoryAddress.parse(REAL_URL)
+        url = await idle_real_faktory(request)
+        address = FaktoryAddress.parse(url)
         if address.tls:
-            yield Faktory(REAL_URL, None, None)
+            yield Faktory(url, None, None)
             return
         proxy = FaktoryProxy(address.host, address.port)
         await proxy.start()
@@ -205,6 +274,11 @@ async def settle_sets(faktory: Faktory, before: Counter[str], **expected: int) -
         await asyncio.sleep(0.1)
 
 
+def isoparse(text: str) -> float:
+    """Seconds since the epoch of a time as Faktory writes it (RFC 3339, UTC)."""
+    return datetime.fromisoformat(text).timestamp()
+
+
 def b64(payload: dict[str, Any]) -> str:
     return base64.b64encode(orjson.dumps(payload)).decode()
 
@@ -234,23 +308,45 @@ async def test_client_push_bulk_fetch_ack_beat_info(faktory: Faktory, queue_name
         await connection.close()
 
 
+async def fetch_again(
+    faktory: Faktory,
+    connection: FaktoryConnection,
+    wid: str,
+    queue: str,
+    within: float,
+    hurry: bool = False,
+) -> dict[str, Any] | None:
+    """FETCH from `queue` until a job comes (None after `within` s), with a BEAT before each
+    FETCH: Faktory closes the connections of a worker silent for 60 s. `hurry`: hurry the
+    queue's retries along meanwhile."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        await connection.beat(wid)
+        if hurry:
+            await faktory.hurry_retries(queue)
+        job = await connection.fetch([queue])  # the server holds it up to 2 s
+        if job is not None:
+            return job
+    return None
+
+
 async def test_fail_is_retried_with_faktory_backoff_and_history(faktory: Faktory, queue_name: str):
-    connection = await faktory.connect(uuid.uuid4().hex[:16])
+    wid = uuid.uuid4().hex[:16]
+    connection = await faktory.connect(wid)
     try:
         await connection.push({"jid": uuid.uuid4().hex, "jobtype": "t", "queue": queue_name,
                                "args": [], "retry": 3})  # fmt: skip
         job = await connection.fetch([queue_name])
         assert job is not None and "failure" not in job
-        failed_at = time.monotonic()
         await connection.fail(job["jid"], "HTTP 503", "HTTP 503: busy", ["event_id=e1"])
-        again = None
-        deadline = failed_at + faktory.retry_within(1)
-        while again is None and time.monotonic() < deadline:
-            again = await connection.fetch([queue_name])
+        if faktory.real:  # held back (this FETCH waits 2 s), then hurried along
+            assert await connection.fetch([queue_name]) is None
+        within = faktory.retry_within(1)
+        again = await fetch_again(faktory, connection, wid, queue_name, within, hurry=True)
         assert again is not None and again["jid"] == job["jid"]
-        waited = time.monotonic() - failed_at
-        assert waited >= 15 * (BACKOFF_SCALE if faktory.double else 1) * 0.9
         failure = again["failure"]
+        backoff = isoparse(failure["next_at"]) - isoparse(failure["failed_at"])
+        assert backoff >= 15 * (BACKOFF_SCALE if faktory.double else 1) * 0.9
         assert failure["retry_count"] == 0 and failure["errtype"] == "HTTP 503"
         assert failure["message"] == "HTTP 503: busy" and failure["backtrace"] == ["event_id=e1"]
         await connection.ack(again["jid"])
@@ -259,15 +355,14 @@ async def test_fail_is_retried_with_faktory_backoff_and_history(faktory: Faktory
 
 
 async def test_expired_reservation_counts_as_a_failure(faktory: Faktory, queue_name: str):
-    connection = await faktory.connect(uuid.uuid4().hex[:16])
+    wid = uuid.uuid4().hex[:16]
+    connection = await faktory.connect(wid)
     try:
         await connection.push({"jid": uuid.uuid4().hex, "jobtype": "t", "queue": queue_name,
                                "args": [], "reserve_for": 1, "retry": 2})  # fmt: skip
         assert await connection.fetch([queue_name]) is not None  # reserved, never settled
-        again = None
-        deadline = time.monotonic() + faktory.expiry_within(60) + faktory.retry_within(1)
-        while again is None and time.monotonic() < deadline:
-            again = await connection.fetch([queue_name])
+        within = faktory.expiry_within(60) + faktory.retry_within(1)
+        again = await fetch_again(faktory, connection, wid, queue_name, within, hurry=True)
         assert again is not None, "the expired reservation was not retried"
         assert again["failure"]["errtype"] == "ReservationExpired"
         assert again["failure"]["retry_count"] == 0
@@ -418,10 +513,8 @@ async def test_transient_failure_is_failed_and_retried_by_faktory(
     await app.add_subscriber(topic="t", target_url=sink.url())
     before = await faktory.sets()
     _, published = await app.publish("t", {"body": {"n": 1}})
-    requests = await sink.wait_for(4, timeout=faktory.retry_within(1) + 10)
+    requests = await faktory.retried(sink, 3, queue_name)  # FAILed, retried by Faktory
     assert [r.headers["X-Switch-Event-Id"] for r in requests] == [published["event_id"]] * 4
-    waited = requests[3].at - requests[2].at
-    assert waited >= 15 * (BACKOFF_SCALE if faktory.double else 1) * 0.9  # Faktory's backoff
     await settle_sets(faktory, before, **{queue_name: 0, "Busy": 0, "Retries": 0, "Dead": 0})
     await asyncio.sleep(0.3)
     assert len(sink.requests) == 4 and await app.count("dead_letters") == 0
@@ -435,7 +528,8 @@ async def test_last_allowed_retry_goes_to_switchd_dead_letters(
     subscriber = await app.add_subscriber(topic="t", target_url=sink.url())
     before = await faktory.sets()
     _, published = await app.publish("t", {"body": {"n": 1}})
-    await sink.wait_for(4, timeout=faktory.retry_within(1) + 10)  # 2 rounds of 2 requests
+    await faktory.retried(sink, 2, queue_name)  # 2 rounds of 2 requests
+    await sink.wait_for(4)
     await wait_for_rows(app, "dead_letters", 1)
     row = await app.service.db.fetchone(
         "SELECT event_id, subscriber_id, last_status, attempts, payload FROM dead_letters"
@@ -493,8 +587,9 @@ async def test_faktory_stopped_mid_run_every_event_is_delivered(
     await publisher
     assert [s for s, _ in results] == [202] * 150
     published = {event_id for _, event_id in results}
-    await wait_until(
+    await faktory.wait_hurrying(
         lambda: {r.headers["X-Switch-Event-Id"] for r in sink.requests} >= published,
+        queue_name,
         LOST_RESERVATION_WAIT if faktory.real else 20,
         "every event to be delivered",
     )
@@ -565,7 +660,8 @@ async def test_faktory_that_stops_answering_costs_one_push_timeout(
     faktory.thaw()
     await wait_until(lambda: queue.status()["faktory"] == "up", 20, "Faktory seen up again")
     assert (await app.publish("t", {"body": {"i": 3}}))[0] == 202
-    await sink.wait_for(4, timeout=LOST_RESERVATION_WAIT if faktory.real else 20)
+    timeout = LOST_RESERVATION_WAIT if faktory.real else 20
+    await faktory.wait_hurrying(lambda: len(sink.requests) >= 4, queue_name, timeout, "event 3")
     assert queue.spilled == 3 and queue.status()["pushed"] == 1
 
 
@@ -658,7 +754,7 @@ async def test_shutdown_puts_unfinished_jobs_back_in_faktory(
         job = await connection.fetch([queue_name])
         assert job is not None and "failure" not in job
         assert job["custom"]["event_id"] == published["event_id"]
-        assert job["custom"]["subscriber_id"] == subscriber["id"]
+        assert job["custom"]["subscriber_id"] == subscriber.id
         await connection.ack(job["jid"])
     finally:
         await connection.close()
@@ -683,6 +779,29 @@ async def test_several_instances_share_one_faktory_queue(
         assert faktory.double.commands["ACK"] == 20
 
 
+async def test_concurrent_publishes_push_on_connections_of_their_own(
+    start_switchd: StartSwitchd, queue_name: str, sink: Sink
+):
+    """Double only (it counts the commands it received): a PUSHB that Faktory is slow to
+    answer holds up no other publish, each takes a producer connection of its own."""
+    double = FaktoryDouble(DOUBLE_PASSWORD)
+    await double.start()
+    try:
+        app = await start_switchd(
+            faktory_url=double.url, production_queue=queue_name, consumer_concurrency=0
+        )
+        await app.add_subscriber(topic="t", target_url=sink.url())
+        double.freeze(only="PUSHB")
+        publishes = [asyncio.create_task(app.publish("t", {"body": {"i": i}})) for i in range(3)]
+        await wait_until(lambda: double.commands["PUSHB"] == 3, 4, "three PUSHBs at once")
+        double.thaw()
+        assert [status for status, _ in await asyncio.gather(*publishes)] == [202] * 3
+        assert fallback(app).status()["pushed"] == 3 and fallback(app).spilled == 0
+        assert sorted(job["args"][0] for job in double.queues[queue_name]) == [sink.url()] * 3
+    finally:
+        await double.stop()
+
+
 # -- TLS ------------------------------------------------------------------------------------
 
 
@@ -702,6 +821,7 @@ async def tls_faktory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     """The URL of a tcp+tls Faktory whose certificate SSL_CERT_FILE (or the system) trusts."""
     if request.param == "real":
         if not REAL_URL or not REAL_URL.startswith("tcp+tls://"):
+            # Faktory's open-source server speaks plain TCP: TLS needs a proxy in front.
             pytest.skip("set FAKTORY_URL=tcp+tls://… to run this against a real Faktory")
         yield REAL_URL
         return

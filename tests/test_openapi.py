@@ -42,7 +42,7 @@ from switchd.models import Job, Outcome
 from switchd.openapi import document
 from switchd.service import Switchd
 from switchd.web_console import PREFIX as CONSOLE
-from tests.conftest import SECRET, Running, Sink, StartSwitchd
+from tests.conftest import ADMIN_SECRET, SECRET, Running, Sink, StartSwitchd
 
 DOC = document(__version__)
 SCHEMA = schemathesis.openapi.from_dict(DOC)
@@ -57,10 +57,12 @@ CHECKS = [
     response_schema_conformance,
 ]
 TOKENS = {
-    "admin": "Bearer " + mint(SECRET, "fuzz-ops", admin=True),
+    "admin": "Bearer " + mint(ADMIN_SECRET, "fuzz-ops", admin=True),
     "publisher": "Bearer " + mint(SECRET, "fuzz-svc"),
     "seed-style": "bearer " + mint(SECRET, "fuzz-seed"),
-    "expired": "Bearer " + mint(SECRET, "fuzz-old", admin=True, ttl=-3600),
+    "forged-admin": "Bearer " + mint(SECRET, "fuzz-forger", admin=True),  # publishers' secret
+    "scoped": "Bearer " + mint(SECRET, "fuzz-scoped", topics=["orders", "x.*"]),
+    "expired": "Bearer " + mint(ADMIN_SECRET, "fuzz-old", admin=True, ttl=-3600),
     "none": None,
     "generated": ...,  # keep the garbage Authorization schemathesis generated
 }
@@ -94,21 +96,35 @@ def test_every_route_is_documented_and_every_documented_route_exists(tmp_path: P
     assert {route for route in routes if route[0] != "HEAD"} == documented_routes()
 
 
+def test_every_secured_operation_names_its_token_kinds():
+    schemes = set(DOC["components"]["securitySchemes"])
+    assert schemes == {"publisherToken", "adminToken"}
+    for label, op in OPERATIONS.items():
+        spec = op.definition.raw
+        named = {name for requirement in spec["security"] for name in requirement}
+        assert named <= schemes, label
+        if named:
+            assert "403" in spec["responses"] or label == "GET /refresh", label
+
+
 async def test_auth_is_as_documented(start_switchd: StartSwitchd):
     """No token: 401 with WWW-Authenticate exactly where the operation has security; a
-    publisher token: 403 exactly where the document says admin only."""
+    publisher token, also one claiming the admin scope: 403 exactly where the document
+    says admin only (the admin token scheme alone)."""
     app = await start_switchd(consumer_concurrency=0)
-    publisher = app.publisher
+    forged = {"Authorization": TOKENS["forged-admin"]}
     for label, op in OPERATIONS.items():
         spec = op.definition.raw
         path = op.path.replace("{id}", "1")
-        secured, admin_only = bool(spec["security"]), "403" in spec["responses"]
+        secured = bool(spec["security"])
+        admin_only = spec["security"] == [{"adminToken": []}]
         assert admin_only == ("**Admin only**" in spec["description"]), label
         async with app.client.request(op.method, app.url + path, data=b"{}") as answer:
             assert (answer.status == 401) == secured, label
             assert (answer.headers.get("WWW-Authenticate") == "Bearer") == secured, label
-        async with app.client.request(op.method, app.url + path, headers=publisher) as answer:
-            assert (answer.status == 403) == admin_only, label
+        for headers in (app.publisher, forged):
+            async with app.client.request(op.method, app.url + path, headers=headers) as answer:
+                assert (answer.status == 403) == admin_only, label
 
 
 async def test_served_document_is_the_document(start_switchd: StartSwitchd):

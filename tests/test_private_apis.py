@@ -19,6 +19,7 @@ import pytest
 import simpleeval
 
 from switchd import filters
+from switchd.filter_templates import Template
 from switchd.filters import CompiledFilter, FilterError, compile_filter
 from tests.test_filters import HOSTILE, REJECTED_AT_COMPILE, sample
 
@@ -136,7 +137,7 @@ def test_filter_safety_holds_with_simpleevals_own_check_on(expression: str):
         tree = ast.parse(expression, mode="eval").body
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return
-    raw = CompiledFilter(source=expression, tree=tree)
+    raw = CompiledFilter(expression, Template(tree, reference=(), equalities=()))
     ours = verdict(lambda: raw._evaluate(filters._Evaluator(), sample()))
     upstream = verdict(lambda: raw._evaluate(UpstreamChecked(), sample()))
     assert ours == upstream, f"simpleeval's own check says {upstream}, switchd's {ours}"

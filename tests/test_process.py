@@ -13,8 +13,8 @@ import aiohttp
 import orjson
 import pytest
 
-from switchd.auth import mint
-from tests.conftest import SECRET, Sink, clean_environ, free_port
+from switchd.auth import ADMIN, mint, verify
+from tests.conftest import ADMIN_SECRET, SECRET, Sink, clean_environ, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,6 +30,7 @@ class Server:
         self.env = {
             **clean_environ(),
             "SWITCH_JWT_SECRET": SECRET,
+            "SWITCH_ADMIN_JWT_SECRET": ADMIN_SECRET,
             "SWITCH_DB_NAME": str(db),
             "SWITCH_SERVER_HOST": "127.0.0.1",
             "SWITCH_SERVER_PORT": str(self.port),
@@ -65,7 +66,7 @@ class Server:
     async def call(
         self, method: str, path: str, body: object, admin: bool = False
     ) -> tuple[int, dict]:
-        token = mint(SECRET, "ops" if admin else "svc", admin=admin)
+        token = mint(ADMIN_SECRET, "ops", admin=True) if admin else mint(SECRET, "svc")
         async with (
             aiohttp.ClientSession() as client,
             client.request(
@@ -114,13 +115,10 @@ def test_cli_usage_error_is_one_line():
 
 
 def test_token_and_check_filter(tmp_path: Path):
-    result = run_cli(
-        "token", "--author", "ops", "--admin", "--ttl", "1h", env={"SWITCH_JWT_SECRET": SECRET}
-    )
+    env = {"SWITCH_JWT_SECRET": SECRET, "SWITCH_ADMIN_JWT_SECRET": ADMIN_SECRET}
+    result = run_cli("token", "--author", "ops", "--admin", "--ttl", "1h", env=env)
     assert result.returncode == 0
-    from switchd.auth import verify
-
-    principal = verify(result.stdout.strip(), SECRET)
+    principal = verify(result.stdout.strip(), ADMIN_SECRET, ADMIN)
     assert principal.author == "ops" and principal.admin
 
     ok = run_cli("check-filter", 'data["body"]["x"] == 1', "--data", '{"body": {"x": 1}}')

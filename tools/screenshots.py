@@ -24,6 +24,7 @@ from switchd.service import Switchd
 from switchd.subscribers import validate_fields
 
 SECRET = "screenshots-secret-of-at-least-thirty-two-bytes"
+ADMIN_SECRET = "screenshots-admin-secret-of-at-least-thirty-two-bytes"
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
 VIEWPORT = {"width": 1280, "height": 800}
@@ -95,7 +96,7 @@ async def capture(page: Page, url: str, out: Path) -> None:
     await page.goto(url + "/console/")
     await page.get_by_label("Admin token").fill("")
     await page.screenshot(path=out / "signin.png")
-    await page.get_by_label("Admin token").fill(mint(SECRET, "ops", admin=True))
+    await page.get_by_label("Admin token").fill(mint(ADMIN_SECRET, "ops", admin=True))
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.locator(".chart-published .chart-total")).not_to_have_text("0")
     await page.screenshot(path=out / "overview.png")
@@ -137,8 +138,8 @@ async def main(out: Path, minutes: float) -> None:
     sink_app.router.add_route("*", "/{tail:.*}", Sink().handle)
     sink_runner, sink_url = await serve(sink_app)
     with tempfile.TemporaryDirectory() as tmp:
-        service = Switchd(Settings(jwt_secret=SECRET, db_name=f"{tmp}/switch.db",
-                                   log_payloads=True))  # fmt: skip
+        service = Switchd(Settings(jwt_secret=SECRET, admin_jwt_secret=ADMIN_SECRET,
+                                   db_name=f"{tmp}/switch.db", log_payloads=True))  # fmt: skip
         await service.start()
         runner, url = await serve(create_app(service))
         try:

@@ -18,7 +18,8 @@ from switchd.config import Settings
 from switchd.db import Database
 from switchd.dead_letters import DeadFilter, DeadLetterStore, ReplayRefused, replay
 from switchd.queue.local import LocalQueue
-from switchd.subscribers import Registry, SubscriberStore
+from switchd.registry import Registry
+from switchd.subscribers import SubscriberStore
 
 LIST_COLUMNS = ("id", "dead_at", "topic", "subscriber_id", "attempts", "last_status", "last_error")
 

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from switchd.config import Settings, load_settings
+from switchd.config import ADMIN_SECRETS, PUBLISHER_SECRETS, VARIABLES, Settings, load_settings
 from switchd.http_api import create_app
 from switchd.logs import configure
 from switchd.service import Switchd
@@ -36,16 +36,20 @@ def run(args: argparse.Namespace) -> int:
     """Run until a signal; exit 0 after a graceful drain, 1 if it cannot start."""
     settings = load_settings()
     configure(settings.log_level, settings.log_format)
-    if len(settings.jwt_secret.encode()) < MIN_SECRET_BYTES:
-        log.warning(
-            "weak_jwt_secret", detail=f"SWITCH_JWT_SECRET is under {MIN_SECRET_BYTES} bytes"
-        )
+    _warn_about_weak_secrets(settings)
     try:
         run_loop(serve(settings))
     except OSError as exc:
         print(f"switchd: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _warn_about_weak_secrets(settings: Settings) -> None:
+    for name in PUBLISHER_SECRETS + ADMIN_SECRETS:
+        secret = getattr(settings, VARIABLES[name][0])
+        if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+            log.warning("weak_jwt_secret", detail=f"{name} is under {MIN_SECRET_BYTES} bytes")
 
 
 def run_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:

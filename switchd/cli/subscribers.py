@@ -22,7 +22,13 @@ from switchd.cli.common import (
 )
 from switchd.db import Database
 from switchd.errors import ApiError
-from switchd.subscribers import Registry, SubscriberStore, validate_fields
+from switchd.registry import Registry
+from switchd.subscribers import (
+    SubscriberStore,
+    identity,
+    validate_fields,
+    validate_import,
+)
 
 LIST_COLUMNS = ("id", "topic", "enabled", "target_url", "filter_expression")
 EXPORTED = ("topic", "target_url", "filter_expression", "enabled", "description")
@@ -91,8 +97,8 @@ async def _add(db: Database, args: argparse.Namespace) -> int:
         "enabled": not args.disabled,
         "secret": True if args.secret else None,
     }
-    row = await SubscriberStore(db).create(_validated(fields, partial=False))
-    _show(await _registry(db), row["id"], args, show_secret=True)
+    change = await SubscriberStore(db).create(_validated(fields, partial=False))
+    _show(await _registry(db), change.id, args, show_secret=True)
     return 0
 
 
@@ -135,20 +141,14 @@ async def _remove(db: Database, args: argparse.Namespace) -> int:
 
 
 async def _import(db: Database, args: argparse.Namespace) -> int:
-    items = _read_import(args.file)
-    clean = []
-    for number, item in enumerate(items, start=1):
-        if not isinstance(item, dict):
-            raise UsageError(f"item {number} is not a JSON object")
-        try:
-            clean.append(validate_fields(item, partial=False))
-        except ApiError as exc:
-            raise UsageError(f"item {number}: {exc.message}") from exc
-    registry = await _registry(db)
-    existing = {_identity(s.public()) for s in registry.by_id.values()}
-    new = [item for item in clean if _identity(item) not in existing]
-    rows = await SubscriberStore(db).create_many(new)
-    result = {"created": len(rows), "skipped": len(clean) - len(rows)}
+    try:
+        clean = await validate_import(_read_import(args.file))
+    except ApiError as exc:
+        raise UsageError(exc.message) from exc
+    store = SubscriberStore(db)
+    existing = {identity(row) for row in await store.rows()}
+    created = await store.create_many([item for item in clean if identity(item) not in existing])
+    result = {"created": len(created), "skipped": len(clean) - len(created)}
     emit(args, result, f"created {result['created']}, skipped {result['skipped']}")
     return 0
 
@@ -176,10 +176,6 @@ def _read_import(path: str) -> list[Any]:
     if not isinstance(items, list):
         raise UsageError(f"{path} must hold a JSON list of subscribers")
     return items
-
-
-def _identity(fields: dict[str, Any]) -> tuple[str, str, str]:
-    return (fields["topic"], fields["target_url"], fields.get("filter_expression") or "True")
 
 
 def _validated(fields: dict[str, Any], partial: bool) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from switchd.auth import mint
+from switchd.auth import mint, parse_topics
 from switchd.cli.common import CommandFailed, UsageError, add_json_option, emit, print_json
 from switchd.client import SwitchError, publish_event
 from switchd.config import ConfigError, parse_duration
@@ -18,9 +18,22 @@ from switchd.payload import HTTP_METHODS
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `token`, `check-filter` and `publish` to the parser."""
-    token = commands.add_parser("token", help="mint a JWT signed with SWITCH_JWT_SECRET")
+    token = commands.add_parser(
+        "token",
+        help="mint a publisher JWT (SWITCH_JWT_SECRET) or, with --admin, an admin JWT "
+        "(SWITCH_ADMIN_JWT_SECRET)",
+    )
     token.add_argument("--author", required=True)
-    token.add_argument("--admin", action="store_true", help="add the admin scope")
+    token.add_argument(
+        "--admin", action="store_true", help="an admin token: SWITCH_ADMIN_JWT_SECRET, admin scope"
+    )
+    token.add_argument(
+        "--topic",
+        action="append",
+        dest="topics",
+        metavar="TOPIC",
+        help="allow publishing only to TOPIC (a name or prefix.*); repeatable",
+    )
     token.add_argument("--ttl", type=_duration, help="expiry, e.g. 1h (default: none)")
     token.set_defaults(run=run_token)
 
@@ -44,17 +57,26 @@ def register(commands: argparse._SubParsersAction) -> None:
     publish.set_defaults(run=run_publish)
 
 
-def jwt_secret() -> str:
-    """SWITCH_JWT_SECRET, which token minting needs."""
-    secret = os.environ.get("SWITCH_JWT_SECRET", "")
+def jwt_secret(name: str = "SWITCH_JWT_SECRET") -> str:
+    """The secret in variable `name`, stripped as the server strips it."""
+    secret = os.environ.get(name, "").strip()
     if not secret:
-        raise ConfigError(["SWITCH_JWT_SECRET is required: expected the server's secret"])
+        raise ConfigError([f"{name} is required: expected the server's secret"])
     return secret
 
 
 def run_token(args: argparse.Namespace) -> int:
-    """Print a token for --author (admin scope with --admin)."""
-    print(mint(jwt_secret(), args.author, admin=args.admin, ttl=args.ttl))
+    """Print a token for --author: a publisher one, or an admin one with --admin. Always
+    signed with the current secret, never a *_PREVIOUS one."""
+    if args.admin and args.topics:
+        raise UsageError("--topic limits publisher tokens; admin tokens manage every topic")
+    if args.topics:
+        try:
+            parse_topics(args.topics)
+        except ValueError as exc:
+            raise UsageError(f"--topic: {exc}") from None
+    secret = jwt_secret("SWITCH_ADMIN_JWT_SECRET" if args.admin else "SWITCH_JWT_SECRET")
+    print(mint(secret, args.author, admin=args.admin, ttl=args.ttl, topics=args.topics))
     return 0
 
 

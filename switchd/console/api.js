@@ -29,9 +29,11 @@ function url(path) {
   return new URL(".." + path, document.baseURI).href;
 }
 
-/** One request with `bearer`; resolves to the JSON answer, or throws an ApiError. */
+/** One request with `bearer` (none if empty); resolves to the JSON answer, or throws an
+ * ApiError. */
 export async function request(method, path, body, bearer = token.get()) {
-  const headers = { Authorization: `Bearer ${bearer}`, Accept: "application/json" };
+  const headers = { Accept: "application/json" };
+  if (bearer) headers.Authorization = `Bearer ${bearer}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
@@ -72,8 +74,9 @@ export async function api(method, path, body) {
 
 /** What to tell a person whose token switchd refused. */
 export function authMessage(err) {
+  if (err.code === "admin_not_configured") return `Admin access is not configured: ${err.message}.`;
   if (err.status === 403) {
-    return `This token has no admin scope (${err.message}). Mint one with --admin.`;
+    return `Not an admin token: ${err.message}. Mint one with switchd token --admin.`;
   }
   return `switchd refused the token: ${err.message}.`;
 }

@@ -28,15 +28,17 @@ function signIn(message = "") {
   const input = h("input", { id: "token", type: "password", autocomplete: "off",
     spellcheck: "false", required: true, "aria-describedby": "token-hint" });
   const problem = h("div", {}, message && h("div", { className: "error", role: "alert" }, message));
+  const button = h("button", { type: "submit", className: "primary" }, "Sign in");
   const form = h("form", { className: "signin", "aria-labelledby": "signin-title" },
     h("h1", { id: "signin-title", tabindex: "-1" }, "Sign in to switchd"),
     field("Admin token", input),
     h("p", { className: "hint", id: "token-hint" }, "Mint one on the server with ",
       h("code", {}, "switchd token --admin --author <your name>"),
-      " (it signs with the server's SWITCH_JWT_SECRET). The token stays in this tab's "
-      + "session storage until you sign out or close the tab."),
+      " (it signs with the server's SWITCH_ADMIN_JWT_SECRET; publisher tokens never sign "
+      + "in). The token stays in this tab's session storage until you sign out or close "
+      + "the tab."),
     problem,
-    h("button", { type: "submit", className: "primary" }, "Sign in"));
+    button);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const candidate = input.value.trim();
@@ -56,6 +58,22 @@ function signIn(message = "") {
   });
   main.replaceChildren(form);
   input.focus();
+  showIfAdminIsOff(problem, input, button);
+}
+
+/** Say so on the sign-in form, and disable it, when the server accepts no admin token. */
+async function showIfAdminIsOff(problem, input, button) {
+  let auth;
+  try {
+    auth = await request("GET", "/auth", undefined, "");
+  } catch {
+    return; // unreachable or older server: signing in will say what is wrong
+  }
+  if (auth.admin_configured) return;
+  problem.replaceChildren(h("div", { className: "error", role: "alert" },
+    `Admin access is not configured: ${auth.message}.`));
+  input.disabled = true;
+  button.disabled = true;
 }
 
 /** A URI-decoded part of the hash, or the part itself when it is not valid %-encoding. */

@@ -7,9 +7,11 @@ producer wrote them, switchd's ids in `custom`, `retry` = SWITCH_FAKTORY_RETRY a
 by the old producer) is processed the old way: the filter in args[1] decides against the
 payload in args[2], and a job it rejects is ACKed unsent.
 
-Connections: one for producing (PUSHB: all jobs of an event in one round trip), one per
-consumer task (FETCH, ACK, FAIL), one for the heartbeat (BEAT every 15 s; `quiet` stops
-fetching, `terminate` also lets the consumer connections go). When Faktory cannot be
+Connections: a pool for producing (PUSHB: all jobs of an event in one round trip; Faktory
+stores the jobs of a PUSHB one after another, so up to PRODUCER_CONNECTIONS publishes push
+at once, each on a connection of its own), one more for INFO, late ACK/FAILs and releases,
+one per consumer task (FETCH, ACK, FAIL), one for the heartbeat (BEAT every 15 s; `quiet`
+stops fetching, `terminate` also lets the consumer connections go). When Faktory cannot be
 reached the queue is *down*: pushes fail at once (the fallback queue stores those jobs
 locally), fetches wait, and a maintenance task reconnects with backoff. An ACK or FAIL
 that could not be sent is kept and sent when Faktory is back, while the reservation may
@@ -62,6 +64,7 @@ RESERVE_MIN, RESERVE_MAX = 60, 86_400  # Faktory clamps reserve_for to this rang
 FAKTORY_DEFAULT_RETRY = 25  # what Faktory applies to a job without `retry`
 HEARTBEAT_SECONDS = 15.0
 PUSH_TIMEOUT = 5.0  # the longest a publish waits for Faktory before using the local queue
+PRODUCER_CONNECTIONS = 16  # PUSHBs in flight at once
 TICK_SECONDS = 1.0
 RECONNECT_MIN, RECONNECT_MAX = 0.25, 5.0
 RELEASE_DELAY = FETCH_BLOCK + 1.0
@@ -120,6 +123,8 @@ class FaktoryQueue:
         self.pushed = 0  # jobs Faktory has stored for this process
         self._ssl = ssl_context or (ssl.create_default_context() if self.address.tls else None)
         self._producer: FaktoryConnection | None = None
+        self._pushers: list[FaktoryConnection] = []  # idle producer connections of the pool
+        self._push_slots = asyncio.Semaphore(PRODUCER_CONNECTIONS)
         self._heartbeat: FaktoryConnection | None = None
         self._workers: dict[asyncio.Task[Any], FaktoryConnection] = {}
         self._connect_lock = asyncio.Lock()
@@ -149,7 +154,7 @@ class FaktoryQueue:
                 await self._maintenance
         if self._owed and self.down_since is None:
             await self._pay_owed()
-        connections = [self._producer, self._heartbeat, *self._workers.values()]
+        connections = [self._producer, self._heartbeat, *self._pushers, *self._workers.values()]
         self._workers.clear()
         await asyncio.gather(*(c.close() for c in connections if c is not None))
 
@@ -205,13 +210,15 @@ class FaktoryQueue:
         return await FaktoryConnection.open(self.address, wid=wid, ssl_context=self._ssl)
 
     async def _reconnect(self) -> None:
-        """Open the producer (and heartbeat) connection afresh and check that Faktory
-        answers a command (INFO), not just the handshake; then mark it up."""
+        """Open the producer (and heartbeat) connection afresh, dropping the pool's idle
+        ones, and check that Faktory answers a command (INFO), not just the handshake; then
+        mark it up."""
         async with self._connect_lock:
-            for old in (self._producer, self._heartbeat):
+            for old in (self._producer, self._heartbeat, *self._pushers):
                 if old is not None:
                     await old.close()
             self._producer = self._heartbeat = None
+            self._pushers.clear()
             self._producer = await self._connect()
             await self._producer.call("INFO", timeout=PUSH_TIMEOUT)
             if self.consuming and self.worker_state != "terminate":
@@ -346,16 +353,22 @@ class FaktoryQueue:
             log.warning("idempotency_key_left_pending", event_id=event.id, error=str(exc))
 
     async def _push(self, jobs: list[dict[str, Any]]) -> dict[str, str]:
-        """PUSHB; once more on a fresh connection if the current one was found broken (it
-        went stale, e.g. Faktory restarted), but not after a timeout: the publisher waits."""
-        connection = await self._producer_connection()
-        try:
-            return await connection.push_bulk(jobs, PUSH_TIMEOUT)
-        except FaktoryTimeout:
-            raise
-        except FaktoryUnavailable:
-            connection = await self._producer_connection()
-            return await connection.push_bulk(jobs, PUSH_TIMEOUT)
+        """PUSHB on an idle connection of the pool, or a new one; once more on a fresh one
+        if it was found broken (it went stale, e.g. Faktory restarted), but not after a
+        timeout: the publisher waits."""
+        async with self._push_slots:
+            if self.down_since is not None:  # found down while this publish waited
+                raise FaktoryUnavailable(f"faktory unreachable: {self.last_error}")
+            connection = self._pushers.pop() if self._pushers else await self._connect()
+            try:
+                refused = await connection.push_bulk(jobs, PUSH_TIMEOUT)
+            except FaktoryTimeout:
+                raise
+            except FaktoryUnavailable:
+                connection = await self._connect()
+                refused = await connection.push_bulk(jobs, PUSH_TIMEOUT)
+            self._pushers.append(connection)
+            return refused
 
     def job_for(self, event: Event, subscriber: Subscriber, payload_base64: str) -> dict[str, Any]:
         """The Faktory job delivering `event` to `subscriber` (the seed's args layout)."""
