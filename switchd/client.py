@@ -9,8 +9,8 @@ Two flavours:
   environment variables (``SWITCH_BASE_URL``, ``SWITCH_JWT_SECRET``), same return value
   (``True``).
 * :class:`AsyncSwitchClient` — an aiohttp client for the whole HTTP API: publishing,
-  refresh (publisher credentials), subscribers, dead letters (admin credentials), health
-  and readiness.
+  refresh (publisher credentials), subscribers, dead letters, endpoints (admin
+  credentials), health and readiness.
 
 Failures raise :class:`SwitchError` (the server's ``{"error": {"code", "message"}}``)
 or :class:`SwitchConnectionError` (the server could not be reached).
@@ -389,7 +389,7 @@ class AsyncSwitchClient:
         return list(answer["subscribers"])
 
     async def get_subscriber(self, subscriber_id: str) -> dict[str, Any]:
-        """One subscriber by id."""
+        """One subscriber by id, with the state of its endpoint (``endpoint``)."""
         return await self._request("GET", f"/subscribers/{_quote(subscriber_id)}")
 
     async def update_subscriber(self, subscriber_id: str, **fields: Any) -> dict[str, Any]:
@@ -432,6 +432,14 @@ class AsyncSwitchClient:
     async def delete_dead(self, dead_id: int | str) -> None:
         """Remove one dead letter for good."""
         await self._request("DELETE", f"/dead/{_quote(dead_id)}")
+
+    # -- endpoints --
+
+    async def list_endpoints(self) -> dict[str, Any]:
+        """Endpoint isolation's state: ``{"endpoints": [...], "set_aside",
+        "set_aside_max"}``, each endpoint with its limit, deliveries in flight, jobs set
+        aside, circuit state and since when, and last error; the worst first."""
+        return await self._request("GET", "/endpoints")
 
     # -- operations --
 

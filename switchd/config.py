@@ -42,6 +42,11 @@ class Settings:
     lease_seconds: float = 0.0  # 0 = derived from the delivery bounds, see effective_lease
     max_payload_bytes: int = 1_048_576
     shutdown_grace: float = 30.0
+    circuit_failures: int = 5  # consecutive transient failures that open a circuit
+    circuit_cooldown: float = 5.0  # seconds an opened circuit waits before its first probe
+    circuit_max_cooldown: float = 300.0  # the longest wait, doubling after each failed probe
+    set_aside_max: int = 1000  # jobs held in memory for busy or sick endpoints
+    endpoint_max_in_flight: int = 0  # a fixed cap on every endpoint's limit; 0 = none
     log_retention: float = 7 * 86400.0
     log_payloads: bool = False
     log_level: str = "info"
@@ -194,6 +199,19 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "bytes, 1024..67108864",
     ),
     "SWITCH_SHUTDOWN_GRACE": ("shutdown_grace", _seconds(0, 3600), "seconds, 0..3600"),
+    "SWITCH_CIRCUIT_FAILURES": ("circuit_failures", _int_range(1, 1000), "an integer 1..1000"),
+    "SWITCH_CIRCUIT_COOLDOWN": ("circuit_cooldown", _seconds(0.1, 3600), "seconds, 0.1..3600"),
+    "SWITCH_CIRCUIT_MAX_COOLDOWN": (
+        "circuit_max_cooldown",
+        _seconds(0.1, 86400),
+        "seconds, 0.1..86400",
+    ),
+    "SWITCH_SET_ASIDE_MAX": ("set_aside_max", _int_range(0, 1_000_000), "an integer 0..1000000"),
+    "SWITCH_ENDPOINT_MAX_IN_FLIGHT": (
+        "endpoint_max_in_flight",
+        _int_range(0, 10_000),
+        "an integer 0..10000 (0: no fixed cap)",
+    ),
     "SWITCH_LOG_RETENTION": (
         "log_retention",
         parse_duration,
@@ -252,13 +270,18 @@ def _secret_checks(values: dict[str, Any]) -> list[str]:
 
 
 def _cross_checks(values: dict[str, Any]) -> list[str]:
-    lease = values.get("lease_seconds")
-    if not lease:
-        return []
-    worst = Settings(**{**values, "jwt_secret": "-", "lease_seconds": 0}).worst_case_delivery
-    if lease <= worst:
-        return [
+    """Problems of valid values that do not fit together (defaults filled in)."""
+    settings = Settings(**{**values, "jwt_secret": "-"})
+    problems = []
+    lease, worst = settings.lease_seconds, settings.worst_case_delivery
+    if lease and lease <= worst:
+        problems.append(
             f"SWITCH_LEASE_SECONDS={lease:g} is invalid: expected more than the worst-case "
             f"delivery ({worst:g} s = attempts × timeout + quick-retry waits)"
-        ]
-    return []
+        )
+    if settings.circuit_max_cooldown < settings.circuit_cooldown:
+        problems.append(
+            f"SWITCH_CIRCUIT_MAX_COOLDOWN={settings.circuit_max_cooldown:g} is invalid: expected "
+            f"at least SWITCH_CIRCUIT_COOLDOWN ({settings.circuit_cooldown:g} s)"
+        )
+    return problems

@@ -233,8 +233,12 @@ class Deliverer:
         self.settings = settings
         self.registry = registry
 
-    async def deliver(self, job: Job) -> Outcome:
-        """Deliver a job, retrying transient failures quickly a few times."""
+    async def deliver(
+        self, job: Job, on_request: Callable[[Outcome], bool] | None = None
+    ) -> Outcome:
+        """Deliver a job, retrying transient failures quickly a few times. `on_request` is
+        told each request's outcome (endpoint isolation) and answers whether a quick retry
+        may still follow."""
         target_url, secret = job.target_url, None
         if job.subscriber_id is not None:
             subscriber = self.registry.get(job.subscriber_id)
@@ -244,15 +248,19 @@ class Deliverer:
                 return Outcome("permanent", error="subscriber is disabled", finished_at=time.time())
             target_url, secret = subscriber.target_url, subscriber.secret
         tried: list[Attempt] = []
+        halted = False  # on_request said no more quick retries
 
         async def attempt() -> Outcome:
+            nonlocal halted
             outcome = await self._attempt(job, target_url, secret, job.attempts + len(tried) + 1)
             tried.extend(outcome.attempts)
+            if on_request is not None and not on_request(outcome):
+                halted = True
             return outcome
 
         outcome = await attempt()
-        if self._retry_quickly(outcome):
-            outcome = await self._quick_retries(attempt, outcome)
+        if self._retry_quickly(outcome) and not halted:
+            outcome = await self._quick_retries(attempt, outcome, lambda: halted)
         return outcome.finished(tuple(tried))
 
     async def deliver_once(self, job: Job, target_url: str, secret: str | None) -> Outcome:
@@ -267,13 +275,19 @@ class Deliverer:
         return outcome.kind == "transient" and self.settings.quick_retries > 0 and patient
 
     async def _quick_retries(
-        self, attempt: Callable[[], Awaitable[Outcome]], first: Outcome
+        self,
+        attempt: Callable[[], Awaitable[Outcome]],
+        first: Outcome,
+        halted: Callable[[], bool],
     ) -> Outcome:
-        """Retry a transient failure in process (tenacity), honouring Retry-After."""
+        """Retry a transient failure in process (tenacity), honouring Retry-After, until
+        `halted()`."""
         await asyncio.sleep(self._pause(first, 1))
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(self.settings.quick_retries)
-            | tenacity.stop_any(lambda state: not self._retry_quickly(state.outcome.result())),
+            | tenacity.stop_any(
+                lambda state: halted() or not self._retry_quickly(state.outcome.result())
+            ),
             wait=lambda state: self._pause(state.outcome.result(), state.attempt_number + 1),
             retry=tenacity.retry_if_result(lambda outcome: outcome.kind == "transient"),
             retry_error_callback=lambda state: state.outcome.result(),

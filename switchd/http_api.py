@@ -192,9 +192,12 @@ async def import_subscribers(request: web.Request) -> web.Response:
 
 
 async def get_subscriber(request: web.Request) -> web.Response:
-    """GET /subscribers/{id}."""
+    """GET /subscribers/{id}, with the state of its endpoint (endpoint isolation)."""
     authenticate(request, admin=True)
-    return json_response(_subscriber(request.app[SERVICE], request.match_info["id"]))
+    service = request.app[SERVICE]
+    subscriber = _existing(service, request.match_info["id"])
+    endpoint = service.isolation.describe(subscriber.target_url)
+    return json_response({**subscriber.public(), "endpoint": endpoint})
 
 
 async def update_subscriber(request: web.Request) -> web.Response:
@@ -417,6 +420,12 @@ async def check_filter_expression(request: web.Request) -> web.Response:
     )
 
 
+async def list_endpoints(request: web.Request) -> web.Response:
+    """GET /endpoints: each known endpoint's limit, load, circuit and last error."""
+    authenticate(request, admin=True)
+    return json_response(request.app[SERVICE].isolation.snapshot())
+
+
 async def get_overview(request: web.Request) -> web.Response:
     """GET /overview: per-minute counts for the console's charts, and the queue's state."""
     authenticate(request, admin=True)
@@ -486,6 +495,7 @@ def create_app(service: Switchd) -> web.Application:
     app.router.add_get("/events/{id}", get_event)
     app.router.add_post("/filters/check", check_filter_expression)
     app.router.add_get("/overview", get_overview)
+    app.router.add_get("/endpoints", list_endpoints)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

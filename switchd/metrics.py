@@ -1,7 +1,8 @@
 """Prometheus metrics, one registry per service (so tests can run several in one process).
 
 Topic labels are bounded: a topic is used as a label only while some subscriber listens
-to it (an operator-controlled set); any other topic is counted as `other`.
+to it (an operator-controlled set); any other topic is counted as `other`. Endpoint
+origins label only the few endpoints with the lowest limits (endpoints.py).
 """
 
 from __future__ import annotations
@@ -92,6 +93,34 @@ class Metrics:
             "switchd_faktory_unsent_acks", "ACK/FAIL commands waiting for Faktory", registry=r
         )
         self.in_flight = Gauge("switchd_deliveries_in_flight", "Deliveries under way", registry=r)
+        self.jobs_deferred = Counter(
+            "switchd_jobs_deferred",
+            "Jobs set aside because their endpoint could not take them (no attempt spent), by "
+            "reason: saturated, unanswered, paused, open, probing",
+            ["reason"],
+            registry=r,
+        )
+        self.circuits_open = Gauge(
+            "switchd_endpoint_circuit_open",
+            "Endpoints whose circuit breaker is open or half-open",
+            registry=r,
+        )
+        self.endpoint_limit = Gauge(
+            "switchd_endpoint_limit",
+            "In-flight limit of the endpoints with the lowest limits (at most 10 of them)",
+            ["origin"],
+            registry=r,
+        )
+        self.handoffs = Counter(
+            "switchd_consumer_handoffs",
+            "Consumers that handed their place to a fresh one, a delivery having lasted 0.5 s",
+            registry=r,
+        )
+        self.set_aside = Gauge(
+            "switchd_endpoint_jobs_set_aside",
+            "Jobs held in memory for busy or sick endpoints",
+            registry=r,
+        )
         self.log_dropped = Counter(
             "switchd_event_log_dropped",
             "Delivery-log rows dropped because the log buffer was full (database unwritable)",

@@ -3,6 +3,7 @@ nothing of switchd, so every module may import it."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -43,6 +44,9 @@ class Job:
     rounds: int = 0  # durable retries already used
     first_attempt_at: float | None = None
     next_retry_at: float | None = None  # set by a settle that scheduled a retry at a known time
+    # The latest time a delivery may start and still end within the job's lease (local) or
+    # reservation (Faktory): endpoint isolation holds a set-aside job no longer.
+    start_by: float = math.inf
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific (e.g. Faktory)
 
 

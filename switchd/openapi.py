@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from switchd.endpoints import CIRCUITS
 from switchd.event_queries import STATES, STATUSES
 from switchd.filters import MAX_EXPRESSION_LENGTH
 from switchd.http_input import MAX_ADMIN_BODY, MAX_ID_DIGITS, MAX_IMPORT_BODY
@@ -347,8 +348,9 @@ def subscriber_fields() -> dict[str, Schema]:
     }
 
 
-def subscriber() -> Schema:
-    """A subscriber as the API shows it; `secret` only in the answer that set it."""
+def subscriber(with_endpoint: bool = False) -> Schema:
+    """A subscriber as the API shows it; `secret` only in the answer that set it; its
+    endpoint's state when shown alone."""
     properties: dict[str, Schema] = {
         "id": string(format="uuid"),
         "topic": topic_schema(),
@@ -361,9 +363,39 @@ def subscriber() -> Schema:
         "created_at": timestamp("Creation time"),
         "updated_at": timestamp("Last change"),
     }
+    if with_endpoint:
+        properties["endpoint"] = ref("Endpoint")
     required = tuple(properties)
     properties["secret"] = nullable(string("The signing secret, shown once."))
     return obj(properties, required=required)
+
+
+def endpoint() -> Schema:
+    """An endpoint's isolation state (`GET /endpoints`)."""
+    count = {"type": "integer", "minimum": 0}
+    return obj(
+        {
+            "origin": string("`scheme://host:port` of subscriber targets."),
+            "limit": {**count, "minimum": 1, "description": "Requests it may have in flight now."},
+            "ceiling": {**count, "minimum": 1, "description": "The highest (and first) limit."},
+            "in_flight": {**count, "description": "Deliveries to it under way."},
+            "set_aside": {**count, "description": "Jobs held in memory until it can take them."},
+            "circuit": string(
+                "`open`: no request goes out until `next_probe_at`; `half_open`: one probe is out.",
+                enum=list(CIRCUITS),
+            ),
+            "circuit_since": timestamp("When the circuit last left or came back to closed"),
+            "consecutive_failures": count,
+            "next_probe_at": nullable(timestamp("While open: when the probe may go")),
+            "paused_until": nullable(timestamp("The end of a pause `Retry-After` asked for")),
+            "latency_ms": nullable({"type": "number", "minimum": 0, "description": "Average."}),
+            "last_error": nullable(string()),
+            "last_error_at": nullable(timestamp("When the last error came")),
+            "last_used_at": timestamp("The last delivery to it began"),
+        },
+        description="Endpoint isolation: an adaptive in-flight limit, pauses and a circuit "
+        "breaker per target origin.",
+    )
 
 
 def subscriber_imported() -> Schema:
@@ -737,6 +769,23 @@ def schemas() -> dict[str, Schema]:
         "SubscriberCreate": obj(subscriber_fields(), required=("topic", "target_url")),
         "SubscriberUpdate": obj(subscriber_fields(), required=()),
         "SubscriberList": obj({"subscribers": {"type": "array", "items": ref("Subscriber")}}),
+        "SubscriberWithEndpoint": subscriber(with_endpoint=True),
+        "Endpoint": endpoint(),
+        "EndpointList": obj(
+            {
+                "endpoints": {
+                    "type": "array",
+                    "items": ref("Endpoint"),
+                    "description": "Worst first.",
+                },
+                "set_aside": {"type": "integer", "minimum": 0, "description": "Jobs held, in all."},
+                "set_aside_max": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "`SWITCH_SET_ASIDE_MAX`: beyond it, jobs go back to the queue.",
+                },
+            }
+        ),
         "SubscriberImport": {
             "type": "array",
             "items": ref("SubscriberCreate"),
@@ -965,7 +1014,11 @@ def subscriber_paths() -> dict[str, Schema]:
                 "Show a subscriber",
                 "subscribers",
                 "admin",
-                {"200": response("The subscriber.", ref("Subscriber"))},
+                {
+                    "200": response(
+                        "The subscriber and its endpoint.", ref("SubscriberWithEndpoint")
+                    )
+                },
                 errors=(404,),
             ),
             "patch": operation(
@@ -1215,6 +1268,31 @@ def console_paths() -> dict[str, Schema]:
     }
 
 
+def endpoint_paths() -> dict[str, Schema]:
+    """`/endpoints`: endpoint isolation's state."""
+    return {
+        "/endpoints": {
+            "get": operation(
+                "listEndpoints",
+                "Endpoints: limits, pauses and circuit breakers",
+                "endpoints",
+                "admin",
+                {
+                    "200": response(
+                        "Every endpoint switchd knows, the worst first.", ref("EndpointList")
+                    )
+                },
+                description=(
+                    "Each target origin switchd delivered to lately: its in-flight limit "
+                    "(halved by transient failures, raised by successes), deliveries in "
+                    "flight, jobs set aside, circuit state and since when, last error. "
+                    "Endpoints idle and healthy for 10 minutes are forgotten."
+                ),
+            )
+        }
+    }
+
+
 def operations_paths() -> dict[str, Schema]:
     """Health, readiness, metrics and this document."""
     readiness = ref("Readiness")
@@ -1292,6 +1370,7 @@ def document(version: str) -> dict[str, Any]:
             {"name": "dead letters", "description": "Deliveries that failed for good (admin)."},
             {"name": "delivery log", "description": "Every event and attempt (admin)."},
             {"name": "console", "description": "What the web console needs (admin)."},
+            {"name": "endpoints", "description": "Endpoint isolation's state (admin)."},
             {"name": "operations", "description": "Health, readiness, metrics (no auth)."},
         ],
         "paths": {
@@ -1300,6 +1379,7 @@ def document(version: str) -> dict[str, Any]:
             **dead_letter_paths(),
             **delivery_log_paths(),
             **console_paths(),
+            **endpoint_paths(),
             **operations_paths(),
         },
         "components": {

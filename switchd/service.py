@@ -16,6 +16,7 @@ from switchd.consumers import ConsumerPool
 from switchd.db import Database
 from switchd.dead_letters import DeadLetterStore, replay
 from switchd.delivery import Deliverer
+from switchd.endpoints import Isolation
 from switchd.event_log import EventLog
 from switchd.event_queries import EventQueries
 from switchd.http_client import HttpClient
@@ -58,6 +59,7 @@ class Switchd:
             faktory = FaktoryQueue(self.db, settings)
             self.faktory_queue = FallbackQueue(faktory, self.local_queue)
         self.queue: JobQueue = self.faktory_queue or self.local_queue
+        self.isolation = Isolation(settings, self.queue, self.registry, self.metrics)
         self.dead_letters = DeadLetterStore(self.db)
         self.idempotency = IdempotencyKeys(self.db)
         self.event_log = EventLog(self.db, self.metrics, settings.log_payloads)
@@ -89,6 +91,7 @@ class Switchd:
             self.settings.consumer_concurrency,
             self.metrics,
             self.event_log,
+            self.isolation,
         )
         self.consumers.start()
         self._background = [
@@ -196,6 +199,7 @@ class Switchd:
     async def render_metrics(self) -> bytes:
         """Refresh the gauges that are read from storage, then render every metric."""
         problem = await self.queue.check()
+        self.isolation.refresh_metrics()
         self.metrics.queue_up.labels(self.queue.name).set(0 if problem else 1)
         if self.faktory_queue is not None:
             status = self.faktory_queue.status()

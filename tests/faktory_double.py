@@ -14,13 +14,14 @@ INFO and END. It keeps the Faktory semantics the tests rely on:
   discards the job, exhausted retries move it to the dead set;
 - BEAT answers +OK, or {"state": "quiet"|"terminate"} once the worker was signalled
   (by `signal()` or by a BEAT carrying "current_state"), never going back to running;
+- PUSH with an `at` in the future keeps the job in the scheduled set until then;
 - INFO gives queue sizes and, under faktory.tasks, the sizes of Busy (reservations),
-  Retries, Dead and Workers.
+  Scheduled, Retries, Dead and Workers.
 
 Left out: persistence (`stop()` then `start()` keeps the state, like a Faktory restart
-with its Redis intact), scheduled jobs (`at`), queue pausing, MUTATE, batches, the web
-UI. `backoff_scale` and `reservation_scale` multiply the retry backoff and reservation
-durations so that tests run in seconds; the real server's figures are the defaults.
+with its Redis intact), queue pausing, MUTATE, batches, the web UI. `backoff_scale` and
+`reservation_scale` multiply the retry backoff and reservation durations so that tests
+run in seconds; the real server's figures are the defaults.
 
 FaktoryProxy is a TCP relay in front of a real Faktory, so that tests can cut it off
 (`stop()`) and bring it back (`start()`), or make it hang (`freeze()`, `thaw()`), as they
@@ -84,6 +85,7 @@ class FaktoryDouble:
         self.queues: defaultdict[str, deque[dict[str, Any]]] = defaultdict(deque)
         self.working: dict[str, Reservation] = {}
         self.retries: list[tuple[float, dict[str, Any]]] = []
+        self.scheduled: list[tuple[float, dict[str, Any]]] = []  # (due, job) of PUSH `at`
         self.dead: list[dict[str, Any]] = []
         self.workers: dict[str, str] = {}  # wid -> running | quiet | terminate
         self.commands: Counter[str] = Counter()
@@ -239,7 +241,11 @@ class FaktoryDouble:
         job.setdefault("created_at", now_text())
         if job.get("retry") is None:
             job["retry"] = 25
-        await self._enqueue(job)
+        later = _seconds_until(job.get("at"))
+        if later > 0:
+            self.scheduled.append((time.monotonic() + later, job))
+        else:
+            await self._enqueue(job)
         return None
 
     async def _enqueue(self, job: dict[str, Any]) -> None:
@@ -342,6 +348,7 @@ class FaktoryDouble:
                 "queues": queues,
                 "tasks": {
                     "Busy": {"size": len(self.working)},
+                    "Scheduled": {"size": len(self.scheduled)},
                     "Retries": {"size": len(self.retries)},
                     "Dead": {"size": len(self.dead)},
                     "Workers": {"size": len(self.workers)},
@@ -353,12 +360,14 @@ class FaktoryDouble:
     # -- time ---------------------------------------------------------------------------
 
     async def _tick(self) -> None:
-        """Move due retries back to their queues; expire overdue reservations."""
+        """Move due retries and scheduled jobs to their queues; expire overdue
+        reservations."""
         while True:
             await asyncio.sleep(self.tick)
             now = time.monotonic()
-            due = [job for at, job in self.retries if at <= now]
+            due = [job for at, job in self.retries + self.scheduled if at <= now]
             self.retries = [(at, job) for at, job in self.retries if at > now]
+            self.scheduled = [(at, job) for at, job in self.scheduled if at > now]
             for job in due:
                 await self._enqueue(job)
             for jid, reservation in list(self.working.items()):
@@ -369,6 +378,13 @@ class FaktoryDouble:
                         "message": "Faktory job reservation expired",
                     }
                     self._failed(reservation.job, report)
+
+
+def _seconds_until(at: Any) -> float:
+    """Seconds until a job's `at` (RFC 3339); 0 when it has none or it has passed."""
+    if not at:
+        return 0.0
+    return max(0.0, (datetime.fromisoformat(str(at)) - datetime.now(UTC)).total_seconds())
 
 
 def _bulk(data: Any) -> bytes:

@@ -264,6 +264,9 @@ async def test_async_publish_and_subscriber_round_trip(start_switchd: StartSwitc
         seeded = await switch.publish("users", encode_payload({"body": {"name": "Bob"}}))
         assert seeded["matched"] == 1
         await sink.wait_for(2)
+        [endpoint] = (await switch.list_endpoints())["endpoints"]
+        assert endpoint["origin"] == sink.base_url and endpoint["circuit"] == "closed"
+        assert (await switch.get_subscriber(sid))["endpoint"]["origin"] == sink.base_url
 
         await switch.delete_subscriber(sid)
         with pytest.raises(SwitchError) as info:

@@ -51,6 +51,11 @@ def test_defaults_match_the_design() -> None:
     assert settings.lease_seconds == 0.0
     assert settings.log_retention == 7 * 86400.0
     assert settings.log_payloads is False
+    assert settings.circuit_failures == 5
+    assert settings.circuit_cooldown == 5.0
+    assert settings.circuit_max_cooldown == 300.0
+    assert settings.set_aside_max == 1000
+    assert settings.endpoint_max_in_flight == 0
 
 
 def test_unrelated_variables_are_ignored() -> None:
@@ -130,6 +135,13 @@ def test_settings_are_frozen() -> None:
         ("SWITCH_LOG_LEVEL", " Error ", "log_level", "error"),
         ("SWITCH_LOG_FORMAT", "json", "log_format", "json"),
         ("SWITCH_LOG_FORMAT", "Console", "log_format", "console"),
+        ("SWITCH_CIRCUIT_FAILURES", "1", "circuit_failures", 1),
+        ("SWITCH_CIRCUIT_FAILURES", "1000", "circuit_failures", 1000),
+        ("SWITCH_CIRCUIT_COOLDOWN", "0.5", "circuit_cooldown", 0.5),
+        ("SWITCH_CIRCUIT_MAX_COOLDOWN", "86400", "circuit_max_cooldown", 86400.0),
+        ("SWITCH_SET_ASIDE_MAX", "0", "set_aside_max", 0),
+        ("SWITCH_SET_ASIDE_MAX", "1000000", "set_aside_max", 1_000_000),
+        ("SWITCH_ENDPOINT_MAX_IN_FLIGHT", "4", "endpoint_max_in_flight", 4),
     ],
 )
 def test_each_variable_is_parsed(variable: str, raw: str, field: str, expected: object) -> None:
@@ -238,6 +250,15 @@ def test_overrides_take_precedence() -> None:
         ("SWITCH_LOG_PAYLOADS", "2", "true|false"),
         ("SWITCH_LOG_LEVEL", "verbose", "one of debug|info|warning|error|critical"),
         ("SWITCH_LOG_FORMAT", "xml", "one of auto|json|console"),
+        ("SWITCH_CIRCUIT_FAILURES", "0", "an integer 1..1000"),
+        ("SWITCH_CIRCUIT_FAILURES", "five", "an integer 1..1000"),
+        ("SWITCH_CIRCUIT_COOLDOWN", "0", "seconds, 0.1..3600"),
+        ("SWITCH_CIRCUIT_COOLDOWN", "5m", "seconds, 0.1..3600"),
+        ("SWITCH_CIRCUIT_MAX_COOLDOWN", "86401", "seconds, 0.1..86400"),
+        ("SWITCH_CIRCUIT_MAX_COOLDOWN", "2", "at least SWITCH_CIRCUIT_COOLDOWN (5 s)"),
+        ("SWITCH_SET_ASIDE_MAX", "-1", "an integer 0..1000000"),
+        ("SWITCH_SET_ASIDE_MAX", "1e3", "an integer 0..1000000"),
+        ("SWITCH_ENDPOINT_MAX_IN_FLIGHT", "10001", "an integer 0..10000 (0: no fixed cap)"),
     ],
 )
 def test_bad_value_gives_one_line_naming_variable_and_form(

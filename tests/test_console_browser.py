@@ -15,7 +15,7 @@ import pytest
 from playwright.async_api import Page, async_playwright, expect
 
 from switchd.auth import mint
-from tests.conftest import ADMIN_SECRET, SECRET, Running, Sink, StartSwitchd
+from tests.conftest import ADMIN_SECRET, SECRET, Running, Sink, StartSwitchd, serve_sink
 from tests.test_event_log import event_where
 
 CHROMIUM = os.environ.get("SWITCH_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -320,3 +320,42 @@ async def test_keyboard_only_sign_in_and_navigation(console: Console, start_swit
     assert await tab(page, 2) == "Add subscriber"
     await page.keyboard.press("Enter")
     await expect(page.get_by_label("Topic")).to_be_focused()
+
+
+async def test_endpoint_states_on_the_overview_and_beside_subscribers(
+    console: Console, start_switchd: StartSwitchd, sink: Sink
+):
+    """Endpoint isolation in the console: an endpoint whose circuit opened shows as open,
+    with its limit and last error, on the Overview and beside its subscriber; a healthy
+    one as closed."""
+    app = await start_switchd(circuit_failures=2, circuit_cooldown=600, circuit_max_cooldown=600)
+    failing, runner = await serve_sink()
+    try:
+        failing.status = 503
+        bad = await app.add_subscriber(topic="bad", target_url=failing.url("/hook"))
+        good = await app.add_subscriber(topic="good", target_url=sink.url("/hook"))
+        await app.publish("bad", {"body": {"n": 1}})
+        await app.publish("good", {"body": {"n": 1}})
+        await failing.wait_for(2)
+        await sink.wait_for(1)
+        page = console.page
+        await console.sign_in(app)
+        card = page.locator(".card", has_text="Open circuits")
+        await expect(card.locator(".card-value")).to_have_text("1")
+        opened = page.locator(f"table.endpoints tr[data-origin='{failing.base_url}']")
+        await expect(opened.locator(".badge")).to_have_text("open")
+        await expect(opened.locator("td").nth(2)).to_have_text("2/10")  # halved twice
+        await expect(opened.locator("td").nth(5)).to_contain_text("HTTP 503")
+        healthy = page.locator(f"table.endpoints tr[data-origin='{sink.base_url}']")
+        await expect(healthy.locator(".badge")).to_have_text("closed")
+
+        await console.view("Subscribers")
+        cell = page.locator(f"tr[data-id='{bad['id']}'] td.endpoint")
+        await expect(cell.locator(".badge")).to_have_text("open")
+        await expect(cell).to_contain_text("limit 2/10")
+        await expect(cell).to_contain_text("HTTP 503")
+        fine = page.locator(f"tr[data-id='{good['id']}'] td.endpoint")
+        await expect(fine.locator(".badge")).to_have_text("closed")
+        await expect(fine).to_contain_text("limit 10/10")
+    finally:
+        await runner.cleanup()

@@ -6,7 +6,7 @@ import asyncio
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Running, Sink, StartSwitchd
+from tests.conftest import Running, Sink, StartSwitchd, serve_sink
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -84,10 +84,12 @@ async def test_in_flight_gauge_counts_deliveries_under_way(start_switchd: StartS
     app = await start_switchd()
     await app.add_subscriber(topic="slow", target_url=sink.url())
     assert value(await scrape(app), "switchd_deliveries_in_flight") == 0
+    await app.publish("slow", {"body": {"n": 0}})  # an endpoint takes one request until
+    await sink.wait_for(1)  # it first answers (endpoints.py)
     sink.delay = 1.0
-    for n in range(3):
+    for n in range(1, 4):
         await app.publish("slow", {"body": {"n": n}})
-    await sink.wait_for(3)
+    await sink.wait_for(4)
     assert value(await scrape(app), "switchd_deliveries_in_flight") == 3
     sink.delay = 0.0
     for _ in range(100):
@@ -95,3 +97,38 @@ async def test_in_flight_gauge_counts_deliveries_under_way(start_switchd: StartS
             break
         await asyncio.sleep(0.05)
     assert value(await scrape(app), "switchd_deliveries_in_flight") == 0
+
+
+async def test_endpoint_metrics_show_open_circuits_and_only_the_worst_limits(
+    start_switchd: StartSwitchd, sink: Sink
+):
+    """12 failing endpoints and a healthy one: every open circuit is counted, the jobs set
+    aside by reason, and only the 10 lowest limits are labelled with their origin."""
+    app = await start_switchd(circuit_failures=2, circuit_cooldown=600, circuit_max_cooldown=600)
+    failing = [await serve_sink() for _ in range(12)]
+    try:
+        for i, (endpoint, _) in enumerate(failing):
+            endpoint.status = 503
+            await app.add_subscriber(topic=f"bad-{i}", target_url=endpoint.url())
+            await app.publish(f"bad-{i}", {"body": {}})
+            await app.publish(f"bad-{i}", {"body": {}})
+        await app.add_subscriber(topic="good", target_url=sink.url())
+        await app.publish("good", {"body": {}})
+        await sink.wait_for(1)
+        for _ in range(100):
+            samples = await scrape(app)
+            if value(samples, "switchd_endpoint_circuit_open") == 12:
+                break
+            await asyncio.sleep(0.05)
+        assert value(samples, "switchd_endpoint_circuit_open") == 12
+        assert value(samples, "switchd_jobs_deferred_total", reason="open") >= 1
+        limits = {
+            dict(labels)["origin"]: count
+            for (name, labels), count in samples.items()
+            if name == "switchd_endpoint_limit"
+        }
+        assert len(limits) == 10 and set(limits.values()) <= {1.0, 2.0}  # halved 2-3 times
+        assert set(limits) <= {endpoint.base_url for endpoint, _ in failing}
+    finally:
+        for _, runner in failing:
+            await runner.cleanup()

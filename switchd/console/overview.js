@@ -1,8 +1,10 @@
-// Overview: published, delivered, failed and dead per minute, and the queue's state.
+// Overview: published, delivered, failed and dead per minute, the queue's state, and the
+// endpoints' (limits, circuit breakers, jobs set aside).
 
 import { api } from "./api.js";
 import { barChart } from "./chart.js";
 import { age, errorBox, h } from "./dom.js";
+import { endpointsTable } from "./endpoints.js";
 
 const MINUTES = 60;
 const REFRESH_MS = 5000;
@@ -44,19 +46,30 @@ function queueCards(data) {
   return cards;
 }
 
+function endpointCard(isolation) {
+  const open = isolation.endpoints.filter((e) => e.circuit !== "closed").length;
+  const detail = `${isolation.set_aside} job(s) set aside (at most ${isolation.set_aside_max})`;
+  return card("Open circuits", String(open), detail, open ? "bad" : "good");
+}
+
 /** Render the Overview into `main`; returns the function that stops its refresh. */
 export function overviewView(main) {
   const cards = h("section", { className: "cards", "aria-label": "Queue state" });
   const charts = h("section", { className: "charts", "aria-label": "Activity per minute" });
+  const endpoints = h("div", {});
   const problem = h("div", {});
   const updated = h("p", { className: "hint" }, "Loading…");
-  main.append(h("h1", { tabindex: "-1" }, "Overview"), problem, cards, charts, updated);
+  main.append(h("h1", { tabindex: "-1" }, "Overview"), problem, cards, charts,
+    h("section", { className: "endpoints-section", "aria-labelledby": "endpoints-title" },
+      h("h2", { id: "endpoints-title" }, "Endpoints"), endpoints), updated);
 
   async function refresh() {
     try {
-      const data = await api("GET", `/overview?minutes=${MINUTES}`);
+      const [data, isolation] = await Promise.all([
+        api("GET", `/overview?minutes=${MINUTES}`), api("GET", "/endpoints")]);
       problem.replaceChildren();
-      cards.replaceChildren(...queueCards(data));
+      cards.replaceChildren(...queueCards(data), endpointCard(isolation));
+      endpoints.replaceChildren(endpointsTable(isolation.endpoints, data.now));
       charts.replaceChildren(...SERIES.map(([name, title]) => barChart({
         name, title, values: data.series[name], start: data.start, step: data.bucket_seconds,
       })));

@@ -2,6 +2,7 @@
 
 import { api } from "./api.js";
 import { badge, confirmDialog, debounce, empty, errorBox, field, h, notice } from "./dom.js";
+import { circuitBadge, loadLine, originOf } from "./endpoints.js";
 
 const SAMPLE = { body: { order_id: 42, status: "paid" }, headers: { "X-Region": "eu" } };
 const CHECK_DELAY_MS = 300;
@@ -111,6 +112,7 @@ export function subscribersView(main) {
   const slot = h("div", {});
   const list = h("div", {});
   let subscribers = [];
+  let endpoints = new Map(); // origin → state (GET /endpoints)
   main.append(h("h1", { tabindex: "-1" }, "Subscribers"),
     h("div", { className: "toolbar" }, field("Search", search), add), status, slot, list);
 
@@ -148,6 +150,15 @@ export function subscribersView(main) {
     }
   }
 
+  function endpointCell(s) {
+    const endpoint = endpoints.get(originOf(s.target_url));
+    const cell = (...parts) => h("td", { className: "endpoint" }, ...parts);
+    if (!endpoint) return cell(h("span", { className: "sub" }, "idle"));
+    return cell(circuitBadge(endpoint),
+      h("span", { className: "sub" }, loadLine(endpoint)),
+      endpoint.last_error && h("span", { className: "sub" }, endpoint.last_error));
+  }
+
   function row(s) {
     const state = s.enabled ? badge("enabled", "enabled") : badge("disabled", "disabled");
     return h("tr", { "data-id": s.id },
@@ -156,6 +167,7 @@ export function subscribersView(main) {
         s.description && h("span", { className: "sub" }, s.description)),
       h("td", {}, h("code", {}, s.filter_expression)),
       h("td", {}, state, s.disabled_reason && h("span", { className: "sub" }, s.disabled_reason)),
+      endpointCell(s),
       h("td", { className: "row-actions" },
         h("button", { type: "button", onclick: () => open(s) }, "Edit"),
         h("button", { type: "button", onclick: () => toggle(s) }, s.enabled ? "Disable" : "Enable"),
@@ -174,7 +186,7 @@ export function subscribersView(main) {
     } else {
       list.replaceChildren(h("table", {},
         h("caption", { className: "sr-only" }, "Subscribers"),
-        h("thead", {}, h("tr", {}, ...["Topic", "Target", "Filter", "State", "Actions"]
+        h("thead", {}, h("tr", {}, ...["Topic", "Target", "Filter", "State", "Endpoint", "Actions"]
           .map((name) => h("th", { scope: "col" }, name)))),
         h("tbody", {}, shown.map(row))));
     }
@@ -182,8 +194,11 @@ export function subscribersView(main) {
 
   async function load() {
     try {
-      subscribers = (await api("GET", "/subscribers")).subscribers
+      const [listed, isolation] = await Promise.all([
+        api("GET", "/subscribers"), api("GET", "/endpoints")]);
+      subscribers = listed.subscribers
         .sort((a, b) => a.topic.localeCompare(b.topic) || a.created_at - b.created_at);
+      endpoints = new Map(isolation.endpoints.map((e) => [e.origin, e]));
       draw();
     } catch (err) {
       list.replaceChildren(errorBox(err, "Could not load subscribers: "));

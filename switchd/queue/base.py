@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, Protocol
 
 from switchd.models import Event, Job, KeyRecord, Outcome
@@ -38,6 +39,15 @@ class JobQueue(Protocol):
 
     async def release(self, jobs: list[Job]) -> None:
         """Give unfinished jobs back to the queue at once (shutdown)."""
+
+    async def defer(self, jobs: Sequence[tuple[Job, float]]) -> None:
+        """Give jobs that were not attempted back to the queue, each due again at its time
+        (Unix seconds), spending no attempt and no retry (endpoint isolation set them
+        aside). Nothing is lost if this fails or is cut short: at worst a job runs twice."""
+
+    def retry_deadline(self, job: Job) -> float:
+        """When the retry schedule would have given up on `job` had every attempt failed:
+        from its first attempt (`first_attempt_at`), the longest the schedule can take."""
 
     async def check(self) -> str | None:
         """None when the queue answers, else the reason it does not."""

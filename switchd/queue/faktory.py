@@ -34,7 +34,8 @@ import math
 import secrets
 import ssl
 import time
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -47,6 +48,7 @@ from switchd.filters import CompiledFilter, FilterError, compile_filter
 from switchd.models import Event, Job, KeyRecord, Outcome
 from switchd.queue.base import Disposition, QueueUnavailable
 from switchd.queue.faktory_protocol import (
+    FETCH_BLOCK,
     FaktoryAddress,
     FaktoryConnection,
     FaktoryError,
@@ -65,6 +67,7 @@ PUSH_TIMEOUT = 5.0  # the longest a publish waits for Faktory before using the l
 PRODUCER_CONNECTIONS = 16  # PUSHBs in flight at once
 TICK_SECONDS = 1.0
 RECONNECT_MIN, RECONNECT_MAX = 0.25, 5.0
+RELEASE_DELAY = FETCH_BLOCK + 1.0
 WorkerState = Literal["running", "quiet", "terminate"]
 
 
@@ -109,6 +112,8 @@ class FaktoryQueue:
         self.jobtype = settings.production_queue_namespace
         self.retry = settings.faktory_retry
         self.reserve_for = reserve_for(settings)
+        # How long after its FETCH a job may wait and still have a worst-case delivery's time.
+        self._start_window = self.reserve_for - settings.worst_case_delivery
         self.consuming = settings.consumer_concurrency > 0
         self.wid = secrets.token_hex(8)
         self.worker_state: WorkerState = "running"
@@ -232,8 +237,15 @@ class FaktoryQueue:
         assert task is not None
         connection = self._workers.get(task)
         if connection is None or connection.closed:
+            self._forget_finished_workers()
             connection = self._workers[task] = await self._connect(self.wid)
         return connection
+
+    def _forget_finished_workers(self) -> None:
+        """Close the connections of consumer tasks that ended (the pool replaces consumers
+        held up by slow endpoints, see consumers.py)."""
+        for task in [t for t in self._workers if t.done()]:
+            self._workers.pop(task).abort()
 
     async def _drop_worker_connection(self) -> None:
         task = asyncio.current_task()
@@ -396,13 +408,17 @@ class FaktoryQueue:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._up.wait(), wait)
             return None
+        fetched_at = time.time()  # no later than the reservation's start
         try:
             connection = await self._worker_connection()
             raw = await connection.fetch([self.queue])
         except FaktoryError as exc:
             self._handle(exc, "FETCH")
             return None
-        return None if raw is None else await self._admit(raw)
+        job = None if raw is None else await self._admit(raw)
+        if job is not None:
+            job.start_by = fetched_at + self._start_window
+        return job
 
     async def _admit(self, raw: dict[str, Any]) -> Job | None:
         """The job to deliver, or None when it was settled here: an old-format job whose
@@ -456,18 +472,55 @@ class FaktoryQueue:
             log.warning("faktory_settle_deferred", command=command, jid=payload["jid"])
 
     async def release(self, jobs: list[Job]) -> None:
-        """Shutdown: put unfinished jobs back in their queue at once (a copy under a new
-        jid, failure history kept, then ACK the original) so no retry is spent on them.
-        If Faktory is unreachable the reservation expires and Faktory retries them."""
-        for job in jobs:
-            raw = job.extra["faktory"]
-            copy = {k: v for k, v in raw.items() if k != "enqueued_at"} | {"jid": new_jid()}
+        """Shutdown: put unfinished jobs back in their queue, spending no retry, due again
+        RELEASE_DELAY s later: a FETCH cancelled by this shutdown may still wait on the
+        server (up to FETCH_BLOCK s), and would take a job due at once for a consumer that
+        is gone (Faktory would hand it out again only once its reservation expired)."""
+        due = time.time() + RELEASE_DELAY
+        await self.defer([(job, due) for job in jobs])
+
+    async def defer(self, jobs: Sequence[tuple[Job, float]]) -> None:
+        """Put jobs back in their queue, each due at its time (`at`), spending no retry: a
+        copy under a new jid, failure history kept, is pushed, then the original ACKed (a
+        crash in between repeats the job rather than losing it). If Faktory is unreachable
+        the reservation expires and Faktory retries the job (that spends a retry)."""
+        now = time.time()
+        for job, until in jobs:
             try:
                 connection = await self._producer_connection()
-                await connection.push(copy)
+                await connection.push(_copy(job, until if until > now else None))
                 await connection.ack(job.id)
             except FaktoryError as exc:
                 log.warning("faktory_release_failed", jid=job.id, error=str(exc))
+
+    def retry_deadline(self, job: Job) -> float:
+        """The job's latest failure (or first attempt) plus the longest Faktory's backoff
+        can take for the retries it has left."""
+        raw = job.extra["faktory"]
+        retry = _integer(raw.get("retry"), FAKTORY_DEFAULT_RETRY)
+        start = job.first_attempt_at or time.time()
+        return start + longest_backoff(max(0, failures_so_far(raw) - 1), retry)
+
+
+def _copy(job: Job, at: float | None) -> dict[str, Any]:
+    """The job to push in place of a fetched one: a new jid, the same fields, due `at`. A
+    job never attempted keeps the time endpoint isolation first held it back (its retry
+    deadline counts from there)."""
+    raw = job.extra["faktory"]
+    copy = {k: v for k, v in raw.items() if k not in ("enqueued_at", "at")} | {"jid": new_jid()}
+    if at is not None:
+        copy["at"] = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+    if "failure" not in raw and job.first_attempt_at is not None:
+        custom = raw.get("custom") if isinstance(raw.get("custom"), dict) else {}
+        copy["custom"] = {**custom, "held_since": job.first_attempt_at}
+    return copy
+
+
+@functools.lru_cache(maxsize=1024)
+def longest_backoff(first: int, retry: int) -> float:
+    """Seconds Faktory can wait in all before retries `first`..`retry` − 1 (each waits at most
+    n⁴ + 15 + 29·(n + 1) s: its backoff with the largest random part)."""
+    return float(sum(n**4 + 15 + 29 * (n + 1) for n in range(first, retry)))
 
 
 def is_last_try(raw: dict[str, Any]) -> bool:
@@ -523,7 +576,9 @@ def job_from_faktory(raw: dict[str, Any]) -> Job:
         payload={},
         attempts=rounds,
         rounds=rounds,
-        first_attempt_at=_timestamp(failure.get("failed_at")) if failure else None,
+        first_attempt_at=(
+            _timestamp(failure.get("failed_at")) if failure else _number(custom.get("held_since"))
+        ),
         extra={"faktory": raw},
     )
     if len(args) != 3 or not all(isinstance(a, str) for a in args):
@@ -550,6 +605,12 @@ def old_filter_matches(job: Job) -> bool:
 @functools.lru_cache(maxsize=256)
 def _compiled(expression: str) -> CompiledFilter:
     return compile_filter(expression)
+
+
+def _number(value: Any) -> float | None:
+    """A number field of a job written by any producer, or None."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if is_number and math.isfinite(value) else None
 
 
 def _timestamp(value: Any) -> float | None:

@@ -19,6 +19,7 @@ only when neither queue answers; `status()` shows the Faktory state.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -117,6 +118,15 @@ class FallbackQueue:
         """Give unfinished jobs back to the queues they came from."""
         await self.faktory.release([j for j in jobs if "faktory" in j.extra])
         await self.local.release([j for j in jobs if "faktory" not in j.extra])
+
+    async def defer(self, jobs: Sequence[tuple[Job, float]]) -> None:
+        """Give set-aside jobs back to the queues they came from."""
+        await self.faktory.defer([(j, until) for j, until in jobs if "faktory" in j.extra])
+        await self.local.defer([(j, until) for j, until in jobs if "faktory" not in j.extra])
+
+    def retry_deadline(self, job: Job) -> float:
+        """As the queue the job came from reckons it."""
+        return self._origin(job).retry_deadline(job)
 
     async def check(self) -> str | None:
         """None while either queue can store jobs (degraded is ready), else both reasons."""

@@ -17,6 +17,7 @@ import random
 import sqlite3
 import time
 from collections import deque
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -70,6 +71,12 @@ RETRY = (
     "last_status = ?, last_error = ? WHERE id = ? AND lease = ?"
 )
 RELEASE = "UPDATE jobs SET run_at = ? WHERE id = ? AND lease = ?"
+# A job set aside: due later, its rounds and attempts untouched; the retry deadline of a
+# job held back before any attempt counts from the first time it was held back.
+DEFER = (
+    "UPDATE jobs SET run_at = ?, first_attempt_at = COALESCE(first_attempt_at, ?) "
+    "WHERE id = ? AND lease = ?"
+)
 
 
 class LocalQueue:
@@ -82,8 +89,7 @@ class LocalQueue:
         self.schedule = settings.retry_schedule
         self.lease_seconds = settings.effective_lease
         self.prefetch = settings.consumer_concurrency  # jobs leased ahead of the consumers
-        # How long a job leased ahead may wait and still have a worst-case delivery's time.
-        self._start_window = settings.effective_lease - settings.worst_case_delivery
+        self._worst_case = settings.worst_case_delivery
         self._buffer: deque[Job] = deque()  # leased, not yet taken (shutdown releases them)
         self._waiters: deque[asyncio.Future[Job]] = deque()
         self._leaser: asyncio.Task[None] | None = None
@@ -138,7 +144,7 @@ class LocalQueue:
         while self._buffer:
             job = self._buffer.popleft()
             self._start_leasing()
-            if time.time() <= job.extra["start_by"]:
+            if time.time() <= job.start_by:
                 return job
             await self._make_due([job])  # waited too long: its lease may end mid-delivery
         waiter: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
@@ -165,10 +171,9 @@ class LocalQueue:
         while (self._waiters or len(self._buffer) < self.prefetch) and not self._closing:
             self._wake.clear()
             wanted = len(self._waiters) + max(0, self.prefetch - len(self._buffer))
-            leased_at = time.time()  # no later than the lease's own clock reading
             try:
                 jobs = await self.lease(wanted, self.lease_seconds)
-                self._hand_out(jobs, leased_at + self._start_window)
+                self._hand_out(jobs)
                 if len(jobs) < wanted and not self._closing:
                     if not self._waiters:
                         return  # nobody waiting: the next take leases again
@@ -183,9 +188,8 @@ class LocalQueue:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=delay)
 
-    def _hand_out(self, jobs: list[Job], start_by: float) -> None:
+    def _hand_out(self, jobs: list[Job]) -> None:
         for job in jobs:
-            job.extra["start_by"] = start_by
             while self._waiters and self._waiters[0].done():  # its consumer was cancelled
                 self._waiters.popleft()
             if self._waiters:
@@ -206,12 +210,15 @@ class LocalQueue:
         return min(IDLE_POLL_SECONDS, max(0.0, row[0] - time.time()))
 
     async def lease(self, limit: int, seconds: float) -> list[Job]:
-        """Lease up to `limit` due jobs for `seconds`."""
+        """Lease up to `limit` due jobs for `seconds`; each must start within its lease's
+        first `seconds` − worst-case delivery (its `start_by`)."""
+        leased_at = time.time()  # no later than the lease's own clock reading
         rows, payloads = await self.db.run_in_commit(partial(_lease, seconds, max(1, limit)))
         if rows is None:
             return []
         loaded = orjson.loads(payloads)
-        return [_job(row, loaded.get(row[1], {})) for row in orjson.loads(rows)]
+        start_by = leased_at + seconds - self._worst_case
+        return [_job(row, loaded.get(row[1], {}), start_by) for row in orjson.loads(rows)]
 
     async def settle(self, job: Job, outcome: Outcome) -> Disposition:
         """Ack a delivered or skipped job, retry a transient failure, bury the rest."""
@@ -252,6 +259,21 @@ class LocalQueue:
         self._buffer.clear()
         await self._make_due(jobs)
 
+    async def defer(self, jobs: Sequence[tuple[Job, float]]) -> None:
+        """Make set-aside jobs due at their times, rounds and attempts untouched; a job
+        leased again meanwhile (its lease expired) is left to its new lease."""
+        if jobs:
+            deferrals = [
+                (DEFER, (until, job.first_attempt_at, int(job.id), job.extra["lease"]))
+                for job, until in jobs
+            ]
+            await self.db.write(deferrals, durable=False)
+
+    def retry_deadline(self, job: Job) -> float:
+        """The first attempt plus the whole schedule at its longest (jitter included)."""
+        start = job.first_attempt_at or time.time()
+        return start + sum(self.schedule) * (1 + JITTER)
+
     async def _make_due(self, jobs: list[Job]) -> None:
         """End the leases of jobs that did not run, so that they are due now."""
         if jobs:
@@ -287,7 +309,7 @@ def _lease(seconds: float, limit: int, conn: sqlite3.Connection) -> tuple[Any, A
     return jobs, payloads
 
 
-def _job(row: list[Any], payload: dict[str, Any]) -> Job:
+def _job(row: list[Any], payload: dict[str, Any], start_by: float) -> Job:
     """A job from its DUE_JOBS row (the columns of JOB_COLUMNS, in order)."""
     (job_id, event_id, subscriber_id, topic, author, target_url, filter_expression) = row[:7]
     attempts, rounds, first_attempt_at, lease = row[7:]
@@ -303,5 +325,6 @@ def _job(row: list[Any], payload: dict[str, Any]) -> Job:
         attempts=attempts,
         rounds=rounds,
         first_attempt_at=first_attempt_at,
+        start_by=start_by,
         extra={"lease": lease},
     )
