@@ -779,11 +779,48 @@ async def test_several_instances_share_one_faktory_queue(
         assert faktory.double.commands["ACK"] == 20
 
 
-async def test_concurrent_publishes_push_on_connections_of_their_own(
+# -- grouped pushes ------------------------------------------------------------------------
+
+
+def publish_together(app: Running, topics: list[str]) -> Any:
+    """Publish one event per topic in the same turn of the event loop (one group)."""
+    return asyncio.gather(
+        *(app.service.publish(topic, "svc", {"body": {"i": i}}) for i, topic in enumerate(topics))
+    )
+
+
+async def test_concurrent_publishes_share_one_pushb(
+    on_faktory: Callable[..., Any], faktory: Faktory, queue_name: str, sink: Sink
+):
+    app = await on_faktory(consumer_concurrency=0)
+    queue = fallback(app)
+    urls = [sink.url("/a"), sink.url("/b")]
+    for url in urls:
+        await app.add_subscriber(topic="t", target_url=url)
+    before, groups = await faktory.sets(), queue.faktory.pushes.groups
+    published = await publish_together(app, ["t"] * 5)
+    assert queue.faktory.pushes.groups == groups + 1 == queue.status()["pushbs"]
+    if faktory.double is not None:
+        assert faktory.double.commands["PUSHB"] == 1
+    assert queue.status()["pushed"] == 10 and queue.spilled == 0
+    await settle_sets(faktory, before, **{queue_name: 10})
+    connection = await faktory.connect(uuid.uuid4().hex[:16])
+    try:
+        jobs = [await connection.fetch([queue_name]) for _ in range(10)]
+        for job in jobs:
+            assert job is not None
+            await connection.ack(job["jid"])
+    finally:
+        await connection.close()
+    pushed = Counter((job["custom"]["event_id"], job["args"][0]) for job in jobs if job)
+    assert pushed == Counter((p["event_id"], url) for p in published for url in urls)
+
+
+async def test_a_slow_pushb_holds_up_no_other_publish(
     start_switchd: StartSwitchd, queue_name: str, sink: Sink
 ):
-    """Double only (it counts the commands it received): a PUSHB that Faktory is slow to
-    answer holds up no other publish, each takes a producer connection of its own."""
+    """Double only (it counts the commands it received): while Faktory is slow to answer
+    one PUSHB, the next publish goes out in another, on a connection of its own."""
     double = FaktoryDouble(DOUBLE_PASSWORD)
     await double.start()
     try:
@@ -792,14 +829,72 @@ async def test_concurrent_publishes_push_on_connections_of_their_own(
         )
         await app.add_subscriber(topic="t", target_url=sink.url())
         double.freeze(only="PUSHB")
-        publishes = [asyncio.create_task(app.publish("t", {"body": {"i": i}})) for i in range(3)]
-        await wait_until(lambda: double.commands["PUSHB"] == 3, 4, "three PUSHBs at once")
+        first = asyncio.create_task(app.publish("t", {"body": {"i": 0}}))
+        await wait_until(lambda: double.commands["PUSHB"] == 1, 4, "the first PUSHB")
+        second = asyncio.create_task(app.publish("t", {"body": {"i": 1}}))
+        await wait_until(lambda: double.commands["PUSHB"] == 2, 4, "a second PUSHB beside it")
         double.thaw()
-        assert [status for status, _ in await asyncio.gather(*publishes)] == [202] * 3
-        assert fallback(app).status()["pushed"] == 3 and fallback(app).spilled == 0
-        assert sorted(job["args"][0] for job in double.queues[queue_name]) == [sink.url()] * 3
+        assert [status for status, _ in await asyncio.gather(first, second)] == [202] * 2
+        assert fallback(app).status()["pushed"] == 2 and fallback(app).spilled == 0
+        assert sorted(job["args"][0] for job in double.queues[queue_name]) == [sink.url()] * 2
     finally:
         await double.stop()
+
+
+async def test_a_refused_job_spills_only_its_own_publish(
+    start_switchd: StartSwitchd, queue_name: str, sink: Sink
+):
+    """Double only (a real Faktory refuses no job switchd writes): Faktory's refusal of
+    one job of a group sends that job's publish, and it alone, to the local queue."""
+    double = FaktoryDouble(DOUBLE_PASSWORD)
+    double.refuse = lambda job: "refused by the test" if job["custom"]["topic"] == "no" else None
+    await double.start()
+    try:
+        app = await start_switchd(
+            faktory_url=double.url, production_queue=queue_name, consumer_concurrency=0
+        )
+        for topic in ("yes", "no"):
+            await app.add_subscriber(topic=topic, target_url=sink.url("/" + topic))
+        published = await publish_together(app, ["yes", "no", "yes"])
+        assert double.commands["PUSHB"] == 1
+        queue = fallback(app)
+        assert queue.spilled == 1 and queue.status()["pushed"] == 2
+        in_faktory = {job["custom"]["event_id"] for job in double.queues[queue_name]}
+        assert in_faktory == {published[0]["event_id"], published[2]["event_id"]}
+        local = await app.service.db.fetchall("SELECT event_id, target_url FROM jobs")
+        assert [tuple(row) for row in local] == [(published[1]["event_id"], sink.url("/no"))]
+    finally:
+        await double.stop()
+
+
+async def test_a_pushb_cut_off_spills_its_whole_group_and_loses_nothing(
+    on_faktory: Callable[..., Any], faktory: Faktory, queue_name: str, sink: Sink
+):
+    app = await on_faktory(consumer_concurrency=2)
+    queue = fallback(app)
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    assert (await app.publish("t", {"body": {"warm-up": True}}))[0] == 202  # a pooled connection
+    await sink.wait_for(1)
+    groups = queue.faktory.pushes.groups
+    faktory.freeze()
+    publishing = publish_together(app, ["t"] * 4)
+    await wait_until(lambda: queue.faktory.pushes.groups == groups + 1, 4, "the group's PUSHB")
+    if faktory.double is not None:
+        await wait_until(lambda: faktory.double.commands["PUSHB"] == 2, 4, "it to arrive")
+    else:
+        await asyncio.sleep(0.2)  # written into the frozen proxy
+    await faktory.stop()
+    published = await asyncio.wait_for(publishing, 10)
+    assert queue.spilled == 4 and queue.status()["pushed"] == 1
+    faktory.thaw()
+    await faktory.start()
+    events = {p["event_id"] for p in published}
+    await faktory.wait_hurrying(
+        lambda: {r.headers["X-Switch-Event-Id"] for r in sink.requests} >= events,
+        queue_name,
+        LOST_RESERVATION_WAIT if faktory.real else 20,
+        "every event of the group to be delivered",
+    )
 
 
 # -- TLS ------------------------------------------------------------------------------------
