@@ -46,6 +46,8 @@ from switchd.queue.faktory_protocol import (
     FaktoryAddress,
     FaktoryAuthError,
     FaktoryConnection,
+    FaktoryReplyError,
+    FaktoryUnavailable,
 )
 from switchd.queue.fallback import FallbackQueue
 from switchd.service import Switchd
@@ -895,6 +897,68 @@ async def test_a_pushb_cut_off_spills_its_whole_group_and_loses_nothing(
         LOST_RESERVATION_WAIT if faktory.real else 20,
         "every event of the group to be delivered",
     )
+
+
+# -- ACK and FAIL with the next FETCH -------------------------------------------------------
+
+
+async def test_deferred_commands_go_with_the_next_command(faktory: Faktory, queue_name: str):
+    wid = uuid.uuid4().hex[:16]
+    before = await faktory.sets()
+    connection = await faktory.connect(wid)
+    try:
+        for i in range(2):
+            await connection.push(
+                {"jid": uuid.uuid4().hex, "jobtype": "t", "queue": queue_name, "args": [i]}
+            )
+        first = await connection.fetch([queue_name])
+        assert first is not None
+        acked = connection.defer("ACK", {"jid": first["jid"]})
+        unknown = {"jid": uuid.uuid4().hex, "errtype": "x", "message": "no such job"}
+        refused = connection.defer("FAIL", unknown)
+        second = await connection.fetch([queue_name])  # ACK, FAIL and FETCH in one write
+        assert acked.done() and acked.result() == "OK"
+        assert refused.done() and isinstance(refused.exception(), FaktoryReplyError)
+        assert "not found" in str(refused.exception())
+        assert second is not None and second["jid"] != first["jid"]
+        alone = connection.defer("ACK", {"jid": second["jid"]})
+        assert await asyncio.wait_for(alone, 5) == "OK"  # no command came: sent on its own
+        await settle_sets(faktory, before, **{queue_name: 0, "Busy": 0, "Retries": 0})
+        cut = connection.defer("ACK", {"jid": second["jid"]})
+        connection.abort()
+        with pytest.raises(FaktoryUnavailable, match="before Faktory answered"):
+            await cut
+    finally:
+        await connection.close()
+
+
+async def test_an_ack_cut_off_with_its_fetch_is_sent_again(
+    on_faktory: Callable[..., Any], faktory: Faktory, queue_name: str, sink: Sink
+):
+    """The ACK goes out with the consumer's next FETCH; when that connection breaks before
+    Faktory's answer came, the ACK is owed and sent once Faktory is back, so the job is
+    done (its reservation gone at once) and not delivered again."""
+    app = await on_faktory(consumer_concurrency=1)
+    queue = fallback(app)
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    await app.publish("t", {"body": {"n": 0}})
+    await sink.wait_for(1)
+    before = await faktory.sets()
+    sink.delay = 0.5
+    await app.publish("t", {"body": {"n": 1}})
+    await sink.wait_for(2)
+    faktory.freeze()  # the delivery ends into a Faktory that does not answer
+    await asyncio.sleep(1.0)
+    await faktory.stop()
+    await wait_until(lambda: queue.status()["unsent_acks"] == 1, 5, "the ACK to be owed")
+    faktory.thaw()
+    await faktory.start()
+    await wait_until(lambda: queue.status()["unsent_acks"] == 0, 20, "the owed ACK sent")
+    await settle_sets(faktory, before, **{queue_name: 0, "Busy": 0, "Retries": 0, "Dead": 0})
+    await asyncio.sleep(0.5)
+    assert [r.json() for r in sink.requests] == [{"n": 0}, {"n": 1}]
+    if faktory.double is not None:  # it had applied the ACK and held back its answer
+        assert faktory.double.commands["ACK"] == 3 and not faktory.double.working
 
 
 # -- TLS ------------------------------------------------------------------------------------

@@ -152,6 +152,7 @@ class FaktoryQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
         await self.pushes.close()
+        await asyncio.gather(*map(_flushed, self._workers.values()))
         if self._owed and self.down_since is None:
             await self._pay_owed()
         connections = [self._producer, self._heartbeat, *self._pushers, *self._workers.values()]
@@ -245,6 +246,7 @@ class FaktoryQueue:
         task = asyncio.current_task()
         connection = self._workers.pop(task, None) if task is not None else None
         if connection is not None:
+            await _flushed(connection)
             await connection.close()
 
     # -- maintenance: reconnect, heartbeat, owed ACK/FAILs ------------------------------
@@ -449,20 +451,35 @@ class FaktoryQueue:
         return False
 
     async def _settle_command(self, command: str, payload: dict[str, Any]) -> None:
-        """Send ACK/FAIL on the task's connection; keep it for later if Faktory is down."""
+        """Send ACK/FAIL on the task's connection, in one write with its next FETCH (see
+        FaktoryConnection.defer); keep it for later if Faktory is down."""
         try:
             if self.down_since is not None:
                 raise FaktoryUnavailable(f"faktory unreachable: {self.last_error}")
             connection = await self._worker_connection()
-            await connection.call(command, payload)
-        except FaktoryReplyError as exc:  # e.g. the reservation expired and Faktory retried
+        except FaktoryError as exc:
+            self._mark_down(exc)
+            self._owe(command, payload)
+            return
+        answer = connection.defer(command, payload)
+        answer.add_done_callback(functools.partial(self._settled, command, payload))
+
+    def _settled(self, command: str, payload: dict[str, Any], answer: asyncio.Future[Any]) -> None:
+        """Faktory's reply to an ACK/FAIL: a refusal is logged; a connection that broke
+        before the reply came leaves the command owed (sending it twice is harmless: a
+        second ACK is answered OK, a second FAIL refused). The command that found the
+        connection broken marks Faktory down, if it is."""
+        exc = answer.exception()
+        if isinstance(exc, FaktoryReplyError):  # e.g. the reservation expired, Faktory retried
             log.warning(
                 "faktory_settle_refused", command=command, jid=payload["jid"], error=str(exc)
             )
-        except FaktoryError as exc:
-            self._mark_down(exc)
-            self._owed.append((command, payload))
-            log.warning("faktory_settle_deferred", command=command, jid=payload["jid"])
+        elif exc is not None:
+            self._owe(command, payload)
+
+    def _owe(self, command: str, payload: dict[str, Any]) -> None:
+        self._owed.append((command, payload))
+        log.warning("faktory_settle_deferred", command=command, jid=payload["jid"])
 
     async def release(self, jobs: list[Job]) -> None:
         """Shutdown: put unfinished jobs back in their queue at once (a copy under a new
@@ -477,6 +494,13 @@ class FaktoryQueue:
                 await connection.ack(job.id)
             except FaktoryError as exc:
                 log.warning("faktory_release_failed", jid=job.id, error=str(exc))
+
+
+async def _flushed(connection: FaktoryConnection) -> None:
+    """Send the connection's deferred ACK/FAILs before it closes (if it fails, they are
+    owed: see FaktoryQueue._settled)."""
+    with contextlib.suppress(FaktoryError):
+        await connection.flush()
 
 
 def is_last_try(raw: dict[str, Any]) -> bool:
