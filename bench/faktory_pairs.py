@@ -1,10 +1,11 @@
 """Paired runs of bench/run.py's Faktory rows: switchd from two source trees, in turn.
 
 On one real Faktory and one sink, each pair measures the Faktory ceiling, then for each
-tree (which goes first alternates from pair to pair) fan-out 1, fan-out 10, and the publish
-latency at half of that tree's own fan-out 1 maximum (events delivered per second), as
-bench/run.py does. It prints every run, each figure's median per tree, and the median and
-range of the per-pair ratio this tree / the other one.
+tree (which goes first alternates from pair to pair) fan-out 1 and fan-out 10, then the
+publish latency at half of that tree's own fan-out 1 maximum (events delivered per second),
+as bench/run.py does, and at one rate for both trees, half the lower of their two maxima.
+It prints every run, each figure's median per tree, and the median and range of the
+per-pair ratio this tree / the other one.
 
     .venv/bin/python bench/faktory_pairs.py OTHER_TREE [--pairs N] [--scale S]
 
@@ -22,11 +23,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from run import (
+    RESULTS,
     ROOT,
     Backend,
     measure_faktory_ceiling,
@@ -38,8 +42,9 @@ from run import (
 
 from switchd.cli.serve import run_loop
 
-FIGURES = (  # (run, figure) pairs reported, with their labels
+FIGURES = (  # (run, figure, label) reported
     ("ceiling", "jobs_per_s", "Faktory ceiling, jobs/s"),
+    ("ceiling", "queue_server_cpu_cores", "Faktory ceiling, Faktory + redis CPU cores"),
     ("fanout1", "events_delivered_per_s", "fan-out 1, events delivered/s"),
     ("fanout1", "publish_p99_ms", "fan-out 1, publish p99 ms"),
     ("fanout1", "switchd_cpu_cores", "fan-out 1, switchd CPU cores"),
@@ -48,9 +53,12 @@ FIGURES = (  # (run, figure) pairs reported, with their labels
     ("fanout10", "publish_p99_ms", "fan-out 10, publish p99 ms"),
     ("fanout10", "switchd_cpu_cores", "fan-out 10, switchd CPU cores"),
     ("fanout10", "queue_server_cpu_cores", "fan-out 10, Faktory + redis CPU cores"),
-    ("fixed", "offered_per_s", "half max: offered publishes/s"),
-    ("fixed", "publish_p50_ms", "half max: publish p50 ms"),
-    ("fixed", "publish_p99_ms", "half max: publish p99 ms"),
+    ("fixed", "offered_per_s", "half own max: offered publishes/s"),
+    ("fixed", "publish_p50_ms", "half own max: publish p50 ms"),
+    ("fixed", "publish_p99_ms", "half own max: publish p99 ms"),
+    ("common", "offered_per_s", "common rate: offered publishes/s"),
+    ("common", "publish_p50_ms", "common rate: publish p50 ms"),
+    ("common", "publish_p99_ms", "common rate: publish p99 ms"),
 )
 
 
@@ -64,20 +72,31 @@ class TreeBackend(Backend):
         return {**super().env(), "PYTHONPATH": str(self.tree)}
 
 
-async def measure_tree(
+async def measure_fanouts(
     sink: Any, backend: TreeBackend, scale: float, workdir: Path
 ) -> dict[str, dict[str, float]]:
-    """One tree's Faktory rows, as bench/run.py's measure_round takes them."""
+    """One tree's fan-out rows, as bench/run.py's measure_round takes them."""
     await asyncio.to_thread(workdir.mkdir)
-    figures = {
+    return {
         f"fanout{fanout}": await measure_fanout(sink, fanout, int(events * scale), workdir, backend)
         for fanout, events in ((1, 5_000), (10, 2_000))
     }
+
+
+async def measure_rates(
+    sink: Any,
+    backend: TreeBackend,
+    scale: float,
+    workdir: Path,
+    figures: dict[str, Any],
+    common: float,
+) -> None:
+    """Publish latency at half the tree's own fan-out 1 maximum, then at `common`/s."""
     half = figures["fanout1"]["events_delivered_per_s"] / 2
-    figures["fixed"] = await measure_fixed_rate(
-        sink, half, 10 * scale, workdir / "fixed.db", backend
-    )
-    return figures
+    for name, rate in (("fixed", half), ("common", common)):
+        figures[name] = await measure_fixed_rate(
+            sink, rate, 10 * scale, workdir / f"{name}.db", backend
+        )
 
 
 def imported_from(tree: Path) -> str:
@@ -104,10 +123,15 @@ async def main_async(other: Path, pairs: int, scale: float) -> list[dict[str, An
                 ceiling = await measure_faktory_ceiling(faktory, int(20_000 * scale))
                 order = list(trees) if pair % 2 == 0 else list(reversed(trees))
                 run: dict[str, Any] = {"ceiling": ceiling}
+                backends = {name: TreeBackend("faktory_", faktory, trees[name]) for name in order}
+                workdirs = {name: Path(tmp) / f"pair{pair}-{name}" for name in order}
                 for name in order:
-                    backend = TreeBackend("faktory_", faktory, trees[name])
-                    workdir = Path(tmp) / f"pair{pair}-{name}"
-                    run[name] = await measure_tree(sink, backend, scale, workdir)
+                    run[name] = await measure_fanouts(sink, backends[name], scale, workdirs[name])
+                common = min(run[n]["fanout1"]["events_delivered_per_s"] for n in order) / 2
+                for name in order:
+                    await measure_rates(
+                        sink, backends[name], scale, workdirs[name], run[name], common
+                    )
                     print_run(pair, name, ceiling, run[name])
                 runs.append(run)
     finally:
@@ -167,6 +191,10 @@ def main() -> None:
         raise SystemExit(f"{args.other} holds no switchd package")
     runs = run_loop(main_async(args.other.resolve(), max(1, args.pairs), args.scale))
     report(runs)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / time.strftime("faktory-pairs-%Y%m%d-%H%M%S.json")
+    out.write_bytes(orjson.dumps({"other": str(args.other), "runs": runs}))
+    print(f"\nwritten to {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
