@@ -785,7 +785,8 @@ async def test_several_instances_share_one_faktory_queue(
 
 
 def publish_together(app: Running, topics: list[str]) -> Any:
-    """Publish one event per topic in the same turn of the event loop (one group)."""
+    """Publish one event per topic in the same turn of the event loop: the first finds no
+    PUSHB out and sends its own at once, the others share the next one."""
     return asyncio.gather(
         *(app.service.publish(topic, "svc", {"body": {"i": i}}) for i, topic in enumerate(topics))
     )
@@ -801,9 +802,9 @@ async def test_concurrent_publishes_share_one_pushb(
         await app.add_subscriber(topic="t", target_url=url)
     before, groups = await faktory.sets(), queue.faktory.pushes.groups
     published = await publish_together(app, ["t"] * 5)
-    assert queue.faktory.pushes.groups == groups + 1 == queue.status()["pushbs"]
+    assert queue.faktory.pushes.groups == groups + 2 == queue.status()["pushbs"]
     if faktory.double is not None:
-        assert faktory.double.commands["PUSHB"] == 1
+        assert faktory.double.commands["PUSHB"] == 2
     assert queue.status()["pushed"] == 10 and queue.spilled == 0
     await settle_sets(faktory, before, **{queue_name: 10})
     connection = await faktory.connect(uuid.uuid4().hex[:16])
@@ -857,14 +858,14 @@ async def test_a_refused_job_spills_only_its_own_publish(
         )
         for topic in ("yes", "no"):
             await app.add_subscriber(topic=topic, target_url=sink.url("/" + topic))
-        published = await publish_together(app, ["yes", "no", "yes"])
-        assert double.commands["PUSHB"] == 1
+        published = await publish_together(app, ["yes", "yes", "no", "yes"])
+        assert double.commands["PUSHB"] == 2  # the first alone, then the others together
         queue = fallback(app)
-        assert queue.spilled == 1 and queue.status()["pushed"] == 2
+        assert queue.spilled == 1 and queue.status()["pushed"] == 3
         in_faktory = {job["custom"]["event_id"] for job in double.queues[queue_name]}
-        assert in_faktory == {published[0]["event_id"], published[2]["event_id"]}
+        assert in_faktory == {published[i]["event_id"] for i in (0, 1, 3)}
         local = await app.service.db.fetchall("SELECT event_id, target_url FROM jobs")
-        assert [tuple(row) for row in local] == [(published[1]["event_id"], sink.url("/no"))]
+        assert [tuple(row) for row in local] == [(published[2]["event_id"], sink.url("/no"))]
     finally:
         await double.stop()
 
@@ -875,19 +876,19 @@ async def test_a_pushb_cut_off_spills_its_whole_group_and_loses_nothing(
     app = await on_faktory(consumer_concurrency=2)
     queue = fallback(app)
     await app.add_subscriber(topic="t", target_url=sink.url())
-    assert (await app.publish("t", {"body": {"warm-up": True}}))[0] == 202  # a pooled connection
-    await sink.wait_for(1)
+    await publish_together(app, ["t", "t"])  # two PUSHBs at once: two pooled connections
+    await sink.wait_for(2)
     groups = queue.faktory.pushes.groups
     faktory.freeze()
     publishing = publish_together(app, ["t"] * 4)
-    await wait_until(lambda: queue.faktory.pushes.groups == groups + 1, 4, "the group's PUSHB")
+    await wait_until(lambda: queue.faktory.pushes.groups == groups + 2, 4, "the group's PUSHB")
     if faktory.double is not None:
-        await wait_until(lambda: faktory.double.commands["PUSHB"] == 2, 4, "it to arrive")
+        await wait_until(lambda: faktory.double.commands["PUSHB"] == 4, 4, "them to arrive")
     else:
         await asyncio.sleep(0.2)  # written into the frozen proxy
     await faktory.stop()
     published = await asyncio.wait_for(publishing, 10)
-    assert queue.spilled == 4 and queue.status()["pushed"] == 1
+    assert queue.spilled == 4 and queue.status()["pushed"] == 2
     faktory.thaw()
     await faktory.start()
     events = {p["event_id"] for p in published}

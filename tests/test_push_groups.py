@@ -29,6 +29,7 @@ class Recorder:
     async def send(self, jobs: Jobs) -> Refused:
         self.groups.append([job["jid"] for job in jobs])
         number = len(self.groups) - 1
+        await asyncio.sleep(0)  # a PUSHB always waits for its answer
         await self.release.wait()
         if number == self.fail_group:
             raise FaktoryUnavailable("connection closed by the server")
@@ -39,15 +40,15 @@ def jobs(*jids: str) -> list[dict[str, Any]]:
     return [{"jid": jid} for jid in jids]
 
 
-async def test_publishes_of_one_turn_share_a_group_and_get_their_own_refusals():
+async def test_the_first_goes_at_once_the_next_share_a_group_with_their_own_refusals():
     recorder = Recorder()
-    recorder.refuse = {"b2": "refused"}
+    recorder.refuse = {"b2": "refused", "a1": "refused too"}
     pushes = PushGroups(recorder.send, lanes=4, max_bytes=1000)
     answers = await asyncio.gather(
         pushes.push(jobs("a1"), 10), pushes.push(jobs("b1", "b2"), 20), pushes.push(jobs("c1"), 10)
     )
-    assert recorder.groups == [["a1", "b1", "b2", "c1"]] and pushes.groups == 1
-    assert answers == [{}, {"b2": "refused"}, {}]
+    assert recorder.groups == [["a1"], ["b1", "b2", "c1"]] and pushes.groups == 2
+    assert answers == [{"a1": "refused too"}, {"b2": "refused"}, {}]
 
 
 async def test_a_group_stops_at_max_bytes_but_never_splits_a_publish():
@@ -109,18 +110,22 @@ async def test_a_publish_cancelled_before_its_group_went_out_is_not_pushed():
     assert recorder.groups == [["a1"], ["c1"]]
 
 
-async def test_close_fails_the_waiting_publishes_and_refuses_new_ones():
+async def test_close_fails_the_grouped_publishes_and_refuses_new_ones():
     recorder = Recorder()
     recorder.release.clear()
-    pushes = PushGroups(recorder.send, lanes=1, max_bytes=1000)
-    sent = asyncio.create_task(pushes.push(jobs("a1"), 10))
+    pushes = PushGroups(recorder.send, lanes=2, max_bytes=1000)
+    alone = asyncio.create_task(pushes.push(jobs("a1"), 10))
     await asyncio.sleep(0.01)
-    waiting = asyncio.create_task(pushes.push(jobs("b1"), 10))
+    sent = asyncio.create_task(pushes.push(jobs("b1"), 10))
+    await asyncio.sleep(0.01)
+    waiting = asyncio.create_task(pushes.push(jobs("c1"), 10))
     await asyncio.sleep(0.01)
     await pushes.close()
     for task in (sent, waiting):
         with pytest.raises(FaktoryUnavailable, match="stopping"):
             await task
     with pytest.raises(FaktoryUnavailable, match="stopping"):
-        await pushes.push(jobs("c1"), 10)
-    assert recorder.groups == [["a1"]]
+        await pushes.push(jobs("d1"), 10)
+    recorder.release.set()
+    assert await alone == {}  # its own PUSHB, in its own task, ends as it would
+    assert recorder.groups == [["a1"], ["b1"]]
