@@ -733,7 +733,8 @@ def status_body(*statuses: str, reasons: bool = False) -> Schema:
             {"backend": string(enum=["local", "faktory"])},
             closed=False,
             description="The queue backend; with Faktory also its state (up/down, since "
-            "when, last error, worker state, jobs pushed and spilled, unsent ACK/FAILs).",
+            "when, last error, worker state, jobs pushed, PUSHBs sent, jobs spilled, unsent "
+            "ACK/FAILs).",
         )
     return obj(properties, required=("status",))
 

@@ -12,6 +12,7 @@ INFO and END. It keeps the Faktory semantics the tests rely on:
 - FAIL counts failures in failure.retry_count (0 after the first) and retries while
   retry_count < retry, after n⁴ + 15 + rand(30)·(n+1) s (at failure.next_at); `retry` 0
   discards the job, exhausted retries move it to the dead set;
+- PUSHB answers the refused jobs by jid (`refuse` lets a test refuse valid ones);
 - BEAT answers +OK, or {"state": "quiet"|"terminate"} once the worker was signalled
   (by `signal()` or by a BEAT carrying "current_state"), never going back to running;
 - PUSH with an `at` in the future keeps the job in the scheduled set until then;
@@ -37,6 +38,7 @@ import secrets
 import ssl
 import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -89,6 +91,8 @@ class FaktoryDouble:
         self.dead: list[dict[str, Any]] = []
         self.workers: dict[str, str] = {}  # wid -> running | quiet | terminate
         self.commands: Counter[str] = Counter()
+        # A test's own reason to refuse a pushed job (as Faktory refuses an invalid one).
+        self.refuse: Callable[[dict[str, Any]], str | None] | None = None
         self.processed = 0
         self.failures = 0
         self._wid_connections: Counter[str] = Counter()
@@ -237,6 +241,8 @@ class FaktoryDouble:
             return "jobs must have a jobtype parameter"
         if not isinstance(job.get("args"), list):
             return "jobs must have an args parameter"
+        if self.refuse is not None and (reason := self.refuse(job)):
+            return reason
         job.setdefault("queue", "default")
         job.setdefault("created_at", now_text())
         if job.get("retry") is None:

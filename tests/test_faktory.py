@@ -46,6 +46,8 @@ from switchd.queue.faktory_protocol import (
     FaktoryAddress,
     FaktoryAuthError,
     FaktoryConnection,
+    FaktoryReplyError,
+    FaktoryUnavailable,
 )
 from switchd.queue.fallback import FallbackQueue
 from switchd.service import Switchd
@@ -779,11 +781,49 @@ async def test_several_instances_share_one_faktory_queue(
         assert faktory.double.commands["ACK"] == 20
 
 
-async def test_concurrent_publishes_push_on_connections_of_their_own(
+# -- grouped pushes ------------------------------------------------------------------------
+
+
+def publish_together(app: Running, topics: list[str]) -> Any:
+    """Publish one event per topic in the same turn of the event loop: the first finds no
+    PUSHB out and sends its own at once, the others share the next one."""
+    return asyncio.gather(
+        *(app.service.publish(topic, "svc", {"body": {"i": i}}) for i, topic in enumerate(topics))
+    )
+
+
+async def test_concurrent_publishes_share_one_pushb(
+    on_faktory: Callable[..., Any], faktory: Faktory, queue_name: str, sink: Sink
+):
+    app = await on_faktory(consumer_concurrency=0)
+    queue = fallback(app)
+    urls = [sink.url("/a"), sink.url("/b")]
+    for url in urls:
+        await app.add_subscriber(topic="t", target_url=url)
+    before, groups = await faktory.sets(), queue.faktory.pushes.groups
+    published = await publish_together(app, ["t"] * 5)
+    assert queue.faktory.pushes.groups == groups + 2 == queue.status()["pushbs"]
+    if faktory.double is not None:
+        assert faktory.double.commands["PUSHB"] == 2
+    assert queue.status()["pushed"] == 10 and queue.spilled == 0
+    await settle_sets(faktory, before, **{queue_name: 10})
+    connection = await faktory.connect(uuid.uuid4().hex[:16])
+    try:
+        jobs = [await connection.fetch([queue_name]) for _ in range(10)]
+        for job in jobs:
+            assert job is not None
+            await connection.ack(job["jid"])
+    finally:
+        await connection.close()
+    pushed = Counter((job["custom"]["event_id"], job["args"][0]) for job in jobs if job)
+    assert pushed == Counter((p["event_id"], url) for p in published for url in urls)
+
+
+async def test_a_slow_pushb_holds_up_no_other_publish(
     start_switchd: StartSwitchd, queue_name: str, sink: Sink
 ):
-    """Double only (it counts the commands it received): a PUSHB that Faktory is slow to
-    answer holds up no other publish, each takes a producer connection of its own."""
+    """Double only (it counts the commands it received): while Faktory is slow to answer
+    one PUSHB, the next publish goes out in another, on a connection of its own."""
     double = FaktoryDouble(DOUBLE_PASSWORD)
     await double.start()
     try:
@@ -792,14 +832,134 @@ async def test_concurrent_publishes_push_on_connections_of_their_own(
         )
         await app.add_subscriber(topic="t", target_url=sink.url())
         double.freeze(only="PUSHB")
-        publishes = [asyncio.create_task(app.publish("t", {"body": {"i": i}})) for i in range(3)]
-        await wait_until(lambda: double.commands["PUSHB"] == 3, 4, "three PUSHBs at once")
+        first = asyncio.create_task(app.publish("t", {"body": {"i": 0}}))
+        await wait_until(lambda: double.commands["PUSHB"] == 1, 4, "the first PUSHB")
+        second = asyncio.create_task(app.publish("t", {"body": {"i": 1}}))
+        await wait_until(lambda: double.commands["PUSHB"] == 2, 4, "a second PUSHB beside it")
         double.thaw()
-        assert [status for status, _ in await asyncio.gather(*publishes)] == [202] * 3
-        assert fallback(app).status()["pushed"] == 3 and fallback(app).spilled == 0
-        assert sorted(job["args"][0] for job in double.queues[queue_name]) == [sink.url()] * 3
+        assert [status for status, _ in await asyncio.gather(first, second)] == [202] * 2
+        assert fallback(app).status()["pushed"] == 2 and fallback(app).spilled == 0
+        assert sorted(job["args"][0] for job in double.queues[queue_name]) == [sink.url()] * 2
     finally:
         await double.stop()
+
+
+async def test_a_refused_job_spills_only_its_own_publish(
+    start_switchd: StartSwitchd, queue_name: str, sink: Sink
+):
+    """Double only (a real Faktory refuses no job switchd writes): Faktory's refusal of
+    one job of a group sends that job's publish, and it alone, to the local queue."""
+    double = FaktoryDouble(DOUBLE_PASSWORD)
+    double.refuse = lambda job: "refused by the test" if job["custom"]["topic"] == "no" else None
+    await double.start()
+    try:
+        app = await start_switchd(
+            faktory_url=double.url, production_queue=queue_name, consumer_concurrency=0
+        )
+        for topic in ("yes", "no"):
+            await app.add_subscriber(topic=topic, target_url=sink.url("/" + topic))
+        published = await publish_together(app, ["yes", "yes", "no", "yes"])
+        assert double.commands["PUSHB"] == 2  # the first alone, then the others together
+        queue = fallback(app)
+        assert queue.spilled == 1 and queue.status()["pushed"] == 3
+        in_faktory = {job["custom"]["event_id"] for job in double.queues[queue_name]}
+        assert in_faktory == {published[i]["event_id"] for i in (0, 1, 3)}
+        local = await app.service.db.fetchall("SELECT event_id, target_url FROM jobs")
+        assert [tuple(row) for row in local] == [(published[2]["event_id"], sink.url("/no"))]
+    finally:
+        await double.stop()
+
+
+async def test_a_pushb_cut_off_spills_its_whole_group_and_loses_nothing(
+    on_faktory: Callable[..., Any], faktory: Faktory, queue_name: str, sink: Sink
+):
+    app = await on_faktory(consumer_concurrency=2)
+    queue = fallback(app)
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    await publish_together(app, ["t", "t"])  # two PUSHBs at once: two pooled connections
+    await sink.wait_for(2)
+    groups = queue.faktory.pushes.groups
+    faktory.freeze()
+    publishing = publish_together(app, ["t"] * 4)
+    await wait_until(lambda: queue.faktory.pushes.groups == groups + 2, 4, "the group's PUSHB")
+    if faktory.double is not None:
+        await wait_until(lambda: faktory.double.commands["PUSHB"] == 4, 4, "them to arrive")
+    else:
+        await asyncio.sleep(0.2)  # written into the frozen proxy
+    await faktory.stop()
+    published = await asyncio.wait_for(publishing, 10)
+    assert queue.spilled == 4 and queue.status()["pushed"] == 2
+    faktory.thaw()
+    await faktory.start()
+    events = {p["event_id"] for p in published}
+    await faktory.wait_hurrying(
+        lambda: {r.headers["X-Switch-Event-Id"] for r in sink.requests} >= events,
+        queue_name,
+        LOST_RESERVATION_WAIT if faktory.real else 20,
+        "every event of the group to be delivered",
+    )
+
+
+# -- ACK and FAIL with the next FETCH -------------------------------------------------------
+
+
+async def test_deferred_commands_go_with_the_next_command(faktory: Faktory, queue_name: str):
+    wid = uuid.uuid4().hex[:16]
+    before = await faktory.sets()
+    connection = await faktory.connect(wid)
+    try:
+        for i in range(2):
+            await connection.push(
+                {"jid": uuid.uuid4().hex, "jobtype": "t", "queue": queue_name, "args": [i]}
+            )
+        first = await connection.fetch([queue_name])
+        assert first is not None
+        acked = connection.defer("ACK", {"jid": first["jid"]})
+        unknown = {"jid": uuid.uuid4().hex, "errtype": "x", "message": "no such job"}
+        refused = connection.defer("FAIL", unknown)
+        second = await connection.fetch([queue_name])  # ACK, FAIL and FETCH in one write
+        assert acked.done() and acked.result() == "OK"
+        assert refused.done() and isinstance(refused.exception(), FaktoryReplyError)
+        assert "not found" in str(refused.exception())
+        assert second is not None and second["jid"] != first["jid"]
+        alone = connection.defer("ACK", {"jid": second["jid"]})
+        assert await asyncio.wait_for(alone, 5) == "OK"  # no command came: sent on its own
+        await settle_sets(faktory, before, **{queue_name: 0, "Busy": 0, "Retries": 0})
+        cut = connection.defer("ACK", {"jid": second["jid"]})
+        connection.abort()
+        with pytest.raises(FaktoryUnavailable, match="before Faktory answered"):
+            await cut
+    finally:
+        await connection.close()
+
+
+async def test_an_ack_cut_off_with_its_fetch_is_sent_again(
+    on_faktory: Callable[..., Any], faktory: Faktory, queue_name: str, sink: Sink
+):
+    """The ACK goes out with the consumer's next FETCH; when that connection breaks before
+    Faktory's answer came, the ACK is owed and sent once Faktory is back, so the job is
+    done (its reservation gone at once) and not delivered again."""
+    app = await on_faktory(consumer_concurrency=1)
+    queue = fallback(app)
+    await app.add_subscriber(topic="t", target_url=sink.url())
+    await app.publish("t", {"body": {"n": 0}})
+    await sink.wait_for(1)
+    before = await faktory.sets()
+    sink.delay = 0.5
+    await app.publish("t", {"body": {"n": 1}})
+    await sink.wait_for(2)
+    faktory.freeze()  # the delivery ends into a Faktory that does not answer
+    await asyncio.sleep(1.0)
+    await faktory.stop()
+    await wait_until(lambda: queue.status()["unsent_acks"] == 1, 5, "the ACK to be owed")
+    faktory.thaw()
+    await faktory.start()
+    await wait_until(lambda: queue.status()["unsent_acks"] == 0, 20, "the owed ACK sent")
+    await settle_sets(faktory, before, **{queue_name: 0, "Busy": 0, "Retries": 0, "Dead": 0})
+    await asyncio.sleep(0.5)
+    assert [r.json() for r in sink.requests] == [{"n": 0}, {"n": 1}]
+    if faktory.double is not None:  # it had applied the ACK and held back its answer
+        assert faktory.double.commands["ACK"] == 3 and not faktory.double.working
 
 
 # -- TLS ------------------------------------------------------------------------------------

@@ -390,7 +390,7 @@ async def test_faktory_killed_around_the_push_the_retry_gets_the_first_event_id(
     README's guarantee, at least once and never a second event id."""
     db = tmp_path / "switch.db"
     env = {"FAKTORY_URL": double.url, "SWITCH_PRODUCTION_QUEUE": QUEUE}
-    target = "switchd.queue.faktory:FaktoryQueue._push"
+    target = "switchd.queue.faktory:FaktoryQueue._push_group"
     server = HangingServer(db, target, when, **env, **KILL_ENV)
     await server.start()
     status, _ = await server.call(

@@ -7,15 +7,16 @@ producer wrote them, switchd's ids in `custom`, `retry` = SWITCH_FAKTORY_RETRY a
 by the old producer) is processed the old way: the filter in args[1] decides against the
 payload in args[2], and a job it rejects is ACKed unsent.
 
-Connections: a pool for producing (PUSHB: all jobs of an event in one round trip; Faktory
-stores the jobs of a PUSHB one after another, so up to PRODUCER_CONNECTIONS publishes push
-at once, each on a connection of its own), one more for INFO, late ACK/FAILs and releases,
-one per consumer task (FETCH, ACK, FAIL), one for the heartbeat (BEAT every 15 s; `quiet`
-stops fetching, `terminate` also lets the consumer connections go). When Faktory cannot be
-reached the queue is *down*: pushes fail at once (the fallback queue stores those jobs
-locally), fetches wait, and a maintenance task reconnects with backoff. An ACK or FAIL
-that could not be sent is kept and sent when Faktory is back, while the reservation may
-still hold; if it has expired, Faktory redelivers the job (delivery is at least once).
+Connections: a pool for producing (PUSHB: concurrent publishes share one, see
+push_groups.py; Faktory stores the jobs of a PUSHB one after another, so up to
+PRODUCER_CONNECTIONS PUSHBs are sent at once, each on a connection of its own), one more
+for INFO, late ACK/FAILs and releases, one per consumer task (FETCH, ACK, FAIL), one for
+the heartbeat (BEAT every 15 s; `quiet` stops fetching, `terminate` also lets the consumer
+connections go). When Faktory cannot be reached the queue is *down*: pushes fail at once
+(the fallback queue stores those jobs locally), fetches wait, and a maintenance task
+reconnects with backoff. An ACK or FAIL that could not be sent is kept and sent when
+Faktory is back, while the reservation may still hold; if it has expired, Faktory
+redelivers the job (delivery is at least once).
 
 Outcomes: delivered or skipped → ACK; transient → FAIL, so Faktory's backoff schedules
 the retry, unless this was the last try the job's `retry` allows: then, as for a
@@ -56,6 +57,7 @@ from switchd.queue.faktory_protocol import (
     FaktoryTimeout,
     FaktoryUnavailable,
 )
+from switchd.queue.push_groups import PushGroups
 from switchd.subscribers import Subscriber
 
 log = structlog.get_logger("switchd.queue.faktory")
@@ -65,6 +67,8 @@ FAKTORY_DEFAULT_RETRY = 25  # what Faktory applies to a job without `retry`
 HEARTBEAT_SECONDS = 15.0
 PUSH_TIMEOUT = 5.0  # the longest a publish waits for Faktory before using the local queue
 PRODUCER_CONNECTIONS = 16  # PUSHBs in flight at once
+PUSHB_BYTES = 1 << 16  # publishes share a PUSHB up to about this size
+JOB_BYTES = 512  # a job's size beside its payload, for PUSHB_BYTES (an estimate)
 TICK_SECONDS = 1.0
 RECONNECT_MIN, RECONNECT_MAX = 0.25, 5.0
 RELEASE_DELAY = FETCH_BLOCK + 1.0
@@ -121,10 +125,10 @@ class FaktoryQueue:
         self.down_since: float | None = None  # set while Faktory cannot be reached
         self.last_error: str | None = None
         self.pushed = 0  # jobs Faktory has stored for this process
+        self.pushes = PushGroups(self._push_group, PRODUCER_CONNECTIONS, PUSHB_BYTES)
         self._ssl = ssl_context or (ssl.create_default_context() if self.address.tls else None)
         self._producer: FaktoryConnection | None = None
         self._pushers: list[FaktoryConnection] = []  # idle producer connections of the pool
-        self._push_slots = asyncio.Semaphore(PRODUCER_CONNECTIONS)
         self._heartbeat: FaktoryConnection | None = None
         self._workers: dict[asyncio.Task[Any], FaktoryConnection] = {}
         self._connect_lock = asyncio.Lock()
@@ -152,6 +156,8 @@ class FaktoryQueue:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
+        await self.pushes.close()
+        await asyncio.gather(*map(_flushed, self._workers.values()))
         if self._owed and self.down_since is None:
             await self._pay_owed()
         connections = [self._producer, self._heartbeat, *self._pushers, *self._workers.values()]
@@ -195,6 +201,7 @@ class FaktoryQueue:
             "last_error": self.last_error,
             "worker_state": self.worker_state,
             "pushed": self.pushed,
+            "pushbs": self.pushes.groups,
             "unsent_acks": len(self._owed),
         }
 
@@ -251,6 +258,7 @@ class FaktoryQueue:
         task = asyncio.current_task()
         connection = self._workers.pop(task, None) if task is not None else None
         if connection is not None:
+            await _flushed(connection)
             await connection.close()
 
     # -- maintenance: reconnect, heartbeat, owed ACK/FAILs ------------------------------
@@ -332,9 +340,8 @@ class FaktoryQueue:
         payload = base64.b64encode(event.payload_json).decode()
         jobs = [self.job_for(event, s, payload) for s in subscribers]
         try:
-            refused = await self._push(jobs)
+            refused = await self.pushes.push(jobs, len(jobs) * (len(payload) + JOB_BYTES))
         except FaktoryError as exc:
-            self._handle(exc, "PUSHB", event_id=event.id)
             raise NotStored(subscribers, f"faktory did not store the jobs: {exc}") from exc
         self.pushed += len(jobs) - len(refused)
         if refused:
@@ -352,13 +359,14 @@ class FaktoryQueue:
         except Exception as exc:  # the jobs are stored: the publish still succeeds
             log.warning("idempotency_key_left_pending", event_id=event.id, error=str(exc))
 
-    async def _push(self, jobs: list[dict[str, Any]]) -> dict[str, str]:
-        """PUSHB on an idle connection of the pool, or a new one; once more on a fresh one
-        if it was found broken (it went stale, e.g. Faktory restarted), but not after a
-        timeout: the publisher waits."""
-        async with self._push_slots:
-            if self.down_since is not None:  # found down while this publish waited
-                raise FaktoryUnavailable(f"faktory unreachable: {self.last_error}")
+    async def _push_group(self, jobs: list[dict[str, Any]]) -> dict[str, str]:
+        """PUSHB a group of publishes' jobs on an idle connection of the pool, or a new
+        one; once more on a fresh one if it was found broken (it went stale, e.g. Faktory
+        restarted), but not after a timeout: the publishers wait. A failure that is no
+        refusal marks Faktory down, so that the publishes still waiting spill at once."""
+        if self.down_since is not None:  # found down while these publishes waited
+            raise FaktoryUnavailable(f"faktory unreachable: {self.last_error}")
+        try:
             connection = self._pushers.pop() if self._pushers else await self._connect()
             try:
                 refused = await connection.push_bulk(jobs, PUSH_TIMEOUT)
@@ -367,8 +375,11 @@ class FaktoryQueue:
             except FaktoryUnavailable:
                 connection = await self._connect()
                 refused = await connection.push_bulk(jobs, PUSH_TIMEOUT)
-            self._pushers.append(connection)
-            return refused
+        except FaktoryError as exc:
+            self._handle(exc, "PUSHB", jobs=len(jobs))
+            raise
+        self._pushers.append(connection)
+        return refused
 
     def job_for(self, event: Event, subscriber: Subscriber, payload_base64: str) -> dict[str, Any]:
         """The Faktory job delivering `event` to `subscriber` (the seed's args layout)."""
@@ -456,20 +467,35 @@ class FaktoryQueue:
         return False
 
     async def _settle_command(self, command: str, payload: dict[str, Any]) -> None:
-        """Send ACK/FAIL on the task's connection; keep it for later if Faktory is down."""
+        """Send ACK/FAIL on the task's connection, in one write with its next FETCH (see
+        FaktoryConnection.defer); keep it for later if Faktory is down."""
         try:
             if self.down_since is not None:
                 raise FaktoryUnavailable(f"faktory unreachable: {self.last_error}")
             connection = await self._worker_connection()
-            await connection.call(command, payload)
-        except FaktoryReplyError as exc:  # e.g. the reservation expired and Faktory retried
+        except FaktoryError as exc:
+            self._mark_down(exc)
+            self._owe(command, payload)
+            return
+        answer = connection.defer(command, payload)
+        answer.add_done_callback(functools.partial(self._settled, command, payload))
+
+    def _settled(self, command: str, payload: dict[str, Any], answer: asyncio.Future[Any]) -> None:
+        """Faktory's reply to an ACK/FAIL: a refusal is logged; a connection that broke
+        before the reply came leaves the command owed (sending it twice is harmless: a
+        second ACK is answered OK, a second FAIL refused). The command that found the
+        connection broken marks Faktory down, if it is."""
+        exc = answer.exception()
+        if isinstance(exc, FaktoryReplyError):  # e.g. the reservation expired, Faktory retried
             log.warning(
                 "faktory_settle_refused", command=command, jid=payload["jid"], error=str(exc)
             )
-        except FaktoryError as exc:
-            self._mark_down(exc)
-            self._owed.append((command, payload))
-            log.warning("faktory_settle_deferred", command=command, jid=payload["jid"])
+        elif exc is not None:
+            self._owe(command, payload)
+
+    def _owe(self, command: str, payload: dict[str, Any]) -> None:
+        self._owed.append((command, payload))
+        log.warning("faktory_settle_deferred", command=command, jid=payload["jid"])
 
     async def release(self, jobs: list[Job]) -> None:
         """Shutdown: put unfinished jobs back in their queue, spending no retry, due again
@@ -521,6 +547,13 @@ def longest_backoff(first: int, retry: int) -> float:
     """Seconds Faktory can wait in all before retries `first`..`retry` − 1 (each waits at most
     n⁴ + 15 + 29·(n + 1) s: its backoff with the largest random part)."""
     return float(sum(n**4 + 15 + 29 * (n + 1) for n in range(first, retry)))
+
+
+async def _flushed(connection: FaktoryConnection) -> None:
+    """Send the connection's deferred ACK/FAILs before it closes (if it fails, they are
+    owed: see FaktoryQueue._settled)."""
+    with contextlib.suppress(FaktoryError):
+        await connection.flush()
 
 
 def is_last_try(raw: dict[str, Any]) -> bool:

@@ -9,7 +9,10 @@ password + salt hashed again `i - 1` times, and the server says `+OK` or
 
 One connection runs one command at a time. A command cut short (timeout, cancellation,
 broken socket) leaves the stream at an unknown place, so the connection is closed and
-must not be reused.
+must not be reused. A command may also be *deferred*: it goes out in the same write as the
+connection's next command (Faktory reads them in order and answers each in turn), or on
+its own within this turn of the event loop when no other command comes; a future gets
+its reply. That saves a write and a wait per job when an ACK rides with the next FETCH.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 import os
 import socket
 import ssl
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +109,9 @@ class FaktoryConnection:
         self._writer = writer
         self._lock = asyncio.Lock()
         self.closed = False
+        self._deferred: list[tuple[bytes, asyncio.Future[Any]]] = []  # not yet written
+        self._unanswered: deque[asyncio.Future[Any]] = deque()  # written, reply not read
+        self._flushing: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -194,6 +201,40 @@ class FaktoryConnection:
             self._send(command, payload)
             return await self._guarded(self._drain_and_read(), timeout)
 
+    def defer(self, command: str, payload: Any = None) -> asyncio.Future[Any]:
+        """Send `command` with this connection's next command, or within this turn of the
+        event loop; the future gets its reply, a FaktoryReplyError, or, when the connection
+        broke before the reply was read, a FaktoryUnavailable (it may have been applied)."""
+        answer = asyncio.get_running_loop().create_future()
+        if self.closed:
+            answer.set_exception(self._broken())
+            return answer
+        self._deferred.append((_line(command, payload), answer))
+        if len(self._deferred) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_left)
+        return answer
+
+    def _flush_left(self) -> None:
+        """After the turn that deferred commands: send those no command took along."""
+        if self._deferred and self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush_all(), name="faktory-deferred")
+
+    async def _flush_all(self) -> None:
+        try:
+            while self._deferred and not self.closed:  # also those deferred meanwhile
+                await self.flush()
+        except FaktoryError:
+            pass  # their futures hold the error
+        finally:
+            self._flushing = None
+
+    async def flush(self, timeout: float = COMMAND_TIMEOUT) -> None:
+        """Send the deferred commands now, if any, and read their replies."""
+        async with self._lock:
+            if self._deferred and not self.closed:
+                self._send_deferred(b"")
+                await self._guarded(self._drain_and_read(own=False), timeout)
+
     async def _guarded(self, work: Any, timeout: float) -> Any:
         """Await `work` within `timeout`; any failure but an error reply closes the connection."""
         try:
@@ -210,13 +251,32 @@ class FaktoryConnection:
                 raise
             raise FaktoryUnavailable(f"Faktory at {self.address}: {_describe(exc)}") from exc
 
-    async def _drain_and_read(self) -> Any:
+    async def _drain_and_read(self, own: bool = True) -> Any:
+        """Read the replies of the deferred commands just sent, then (`own`) the command's."""
         await self._writer.drain()
-        return await self._read_reply()
+        while self._unanswered:
+            try:
+                reply = await self._read_reply()
+            except FaktoryReplyError as exc:
+                self._unanswered.popleft().set_exception(exc)
+            else:
+                self._unanswered.popleft().set_result(reply)
+        return await self._read_reply() if own else None
 
     def _send(self, command: str, payload: Any) -> None:
-        line = command if payload is None else f"{command} {orjson.dumps(payload).decode()}"
-        self._writer.write(line.encode() + b"\r\n")
+        """Write the command, after any deferred ones (all in one write)."""
+        self._send_deferred(_line(command, payload))
+
+    def _send_deferred(self, then: bytes) -> None:
+        lines = [line for line, _ in self._deferred]
+        self._unanswered.extend(answer for _, answer in self._deferred)
+        self._deferred.clear()
+        self._writer.write(b"".join(lines) + then)
+
+    def _broken(self) -> FaktoryUnavailable:
+        return FaktoryUnavailable(
+            f"connection to Faktory at {self.address} closed before Faktory answered"
+        )
 
     async def _read_reply(self) -> Any:
         line = await self._reader.readuntil(b"\r\n")
@@ -290,9 +350,20 @@ class FaktoryConnection:
             await asyncio.wait_for(self._writer.wait_closed(), 1.0)
 
     def abort(self) -> None:
-        """Close the socket at once."""
+        """Close the socket at once; deferred commands not answered get an error."""
         self.closed = True
         self._writer.close()
+        unanswered = [*self._unanswered, *(answer for _, answer in self._deferred)]
+        self._unanswered.clear()
+        self._deferred.clear()
+        for answer in unanswered:
+            if not answer.done():
+                answer.set_exception(self._broken())
+
+
+def _line(command: str, payload: Any) -> bytes:
+    text = command if payload is None else f"{command} {orjson.dumps(payload).decode()}"
+    return text.encode() + b"\r\n"
 
 
 def _json_object(raw: Any) -> dict[str, Any]:
